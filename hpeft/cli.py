@@ -1,0 +1,184 @@
+"""The `hpeft` command.
+
+    hpeft fit|validate|test|predict --config CFG [--model.lora_rank 8 ...]   LightningCLI (subclass mode)
+    hpeft inspect --config CFG [--json]   parameter and FLOPs accounting without training
+    hpeft data --config CFG               generate and cache the config's dataset
+
+Every fit/validate/test/predict run gets its own directory runs/<experiment>/<run_id>/ holding the
+resolved config.yaml, summary.json, adapter.safetensors, checkpoints and the W&B run. LightningCLI's
+own SaveConfigCallback is off: it writes into a shared directory and refuses a second run there.
+`--ckpt_path last` resumes the newest run of the experiment that left a last.ckpt, in its own dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as L
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+
+from hpeft.train.efficiency import EfficiencyMeter
+from hpeft.train.run_record import RunRecorder
+
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+WANDB_MODES = ("auto", "offline", "online", "disabled")
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """'auto' is online only when the user's W&B setup says so (WANDB_MODE, an API key, or a login in
+    ~/.netrc); otherwise offline, so no account is needed and nothing ever waits for a login prompt."""
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    netrc = Path.home() / ".netrc"
+    if os.environ.get("WANDB_API_KEY") or (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
+        return "online"
+    return "offline"
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def latest_resumable_run(experiment_dir: Path) -> Path | None:
+    candidates = sorted(experiment_dir.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1].parent.parent if candidates else None
+
+
+class HpeftCLI(LightningCLI):
+    def __init__(self, args=None, run: bool = True, **kwargs):
+        super().__init__(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=None,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--experiment", type=str, default="default",
+                            help="Experiment name; runs go to <runs_dir>/<experiment>/<run_id>/.")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="Root folder of run records.")
+        parser.add_argument("--wandb", type=str, default="auto",
+                            help=f"W&B mode, one of {WANDB_MODES}; auto is offline unless your W&B setup is logged in.")
+        parser.add_argument("--wandb_project", type=str, default="hpeft", help="W&B project name.")
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="After fit, test the best checkpoint in the same run (fit only).")
+        parser.link_arguments("data.grid_shape", "model.init_args.grid_shape", apply_on="instantiate")
+
+    # -- validation before anything is written -------------------------------------------------
+    def _check_run_args(self, cfg) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.experiment or ""):
+            raise ValueError(f"experiment={cfg.experiment!r} must be a folder name: letters, digits, '.', '_' and '-'")
+        if cfg.wandb not in WANDB_MODES:
+            raise ValueError(f"wandb={cfg.wandb!r}; valid modes: {list(WANDB_MODES)}")
+
+    def instantiate_classes(self) -> None:
+        cfg = self.config.get(str(self.subcommand), self.config)
+        try:
+            self._check_run_args(cfg)
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError) as err:
+            # Bad configs end here, before any data is generated or any run directory is made.
+            _fail(str(err))
+
+    # -- the run directory, logger and callbacks ---------------------------------------------------
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        cfg = self.config.get(str(self.subcommand), self.config)
+        if self.subcommand is None:  # inspect / data: no run, nothing written
+            return None
+        experiment_dir = Path(cfg.runs_dir) / cfg.experiment
+        run_dir = latest_resumable_run(experiment_dir) if cfg.get("ckpt_path") == "last" else None
+        if cfg.get("ckpt_path") == "last" and run_dir is None:
+            print(f"hpeft: no last.ckpt under {experiment_dir}; starting a new run", file=sys.stderr)
+        run_id = run_dir.name if run_dir else new_run_id()
+        run_dir = run_dir or experiment_dir / run_id
+        self.run_dir = run_dir
+
+        config_yaml = self._parser(self.subcommand).dump(cfg, skip_none=False)
+        seed = cfg.get("seed_everything")
+        callbacks = list(callbacks) + [
+            RunRecorder(run_dir, cfg.experiment, run_id, config_yaml, seed=seed if isinstance(seed, int) else None),
+            EfficiencyMeter(),
+        ]
+        if not any(isinstance(cb, ModelCheckpoint) for cb in callbacks) and config.get("enable_checkpointing", True) is not False:
+            task = self.model.task
+            callbacks.append(ModelCheckpoint(
+                dirpath=run_dir / "checkpoints", monitor=f"val/{task.metric}", mode="max" if task.higher_is_better else "min",
+                save_last=True, save_top_k=1, filename="best",
+            ))
+        if not any(isinstance(cb, ProgressBar) for cb in callbacks) and config.get("enable_progress_bar") is not False:
+            callbacks.append(RichProgressBar(leave=True))
+        if config.get("logger") in (None, True):
+            mode = resolve_wandb_mode(cfg.wandb)
+            config["logger"] = False if mode == "disabled" else WandbLogger(
+                project=cfg.wandb_project, name=run_id, id=run_id, group=cfg.experiment, job_type=str(self.subcommand),
+                save_dir=str(run_dir), offline=mode == "offline", resume="allow",
+                config={"run_id": run_id, "experiment": cfg.experiment, **json.loads(json.dumps(cfg.as_dict(), default=str))},
+            )
+        config["default_root_dir"] = str(run_dir)
+        return super()._instantiate_trainer(config, callbacks)
+
+    def after_fit(self) -> None:
+        cfg = self.config.get(str(self.subcommand), self.config)
+        if cfg.get("test_after_fit"):
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        if self.trainer.is_global_zero:
+            print(f"hpeft: run record in {self.run_dir}")
+
+
+def _fail(message: str) -> None:
+    print(f"hpeft: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class BuildOnlyCLI(HpeftCLI):
+    """Parses a run config and builds its model and data module, but no trainer: for inspect and data."""
+
+    def __init__(self, args):
+        argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when args and sys.argv both hold arguments
+        try:
+            super().__init__(args=args, run=False)
+        finally:
+            sys.argv = argv
+
+    def instantiate_trainer(self, **kwargs):
+        return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
+    if command == "inspect":
+        from hpeft.inspection import inspect_command
+
+        return inspect_command(argv[1:])
+    if command == "data":
+        from hpeft.data.command import data_command
+
+        return data_command(argv[1:])
+    if command in TRAINER_COMMANDS or command in ("-h", "--help", ""):
+        argv0, sys.argv = sys.argv, sys.argv[:1] + argv
+        try:
+            HpeftCLI()
+        finally:
+            sys.argv = argv0
+        return None
+    _fail(f"unknown command {command!r}; valid commands: {[*TRAINER_COMMANDS, 'inspect', 'data']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""`hpeft inspect --config CFG [--json]`: build the run's model with its PEFT methods, train nothing,
+and print exact parameter accounting (total, base, trainable, per method, per layer) and FLOPs."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from hpeft.peft.accounting import parameter_report
+from hpeft.train.efficiency import measure_flops
+
+
+def inspect_model(module) -> dict:
+    report = parameter_report(module.model)
+    return {
+        "variant": type(module).__name__,
+        "task": module.task.name,
+        "backbone": {"name": module.backbone_config.model_name, **module.backbone_config.as_dict()},
+        "grid_shape": list(module.grid_shape),
+        "methods": [m.config() for m in module.methods],
+        "params": report,
+        "flops": measure_flops(module),
+    }
+
+
+def print_inspection(info: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    p = info["params"]
+    console.print(f"[bold]{info['variant']}[/] on {info['backbone']['name']} {info['backbone']}, grid {info['grid_shape']}")
+    totals = Table(title="Parameters")
+    for col in ("total", "base", "trainable", "trainable %"):
+        totals.add_column(col, justify="right")
+    totals.add_row(f"{p['total']:,}", f"{p['base']:,}", f"{p['trainable']:,}", f"{p['trainable_pct']:.4f}")
+    console.print(totals)
+    if p["methods"]:
+        methods = Table(title="Per method")
+        methods.add_column("method")
+        methods.add_column("params", justify="right")
+        methods.add_column("trainable", justify="right")
+        for m in p["methods"]:
+            methods.add_row(m["name"], f"{m['params']:,}", f"{m['trainable']:,}")
+        if p["base_trainable"]:
+            methods.add_row("base (trainable)", f"{p['base_trainable']:,}", f"{p['base_trainable']:,}")
+        console.print(methods)
+        layers = Table(title="Per layer")
+        layers.add_column("module")
+        layers.add_column("method")
+        layers.add_column("params", justify="right")
+        for row in p["layers"]:
+            layers.add_row(row["module"], row["method"], f"{row['params']:,}")
+        console.print(layers)
+    f = info["flops"]
+    console.print(f"FLOPs per sample: forward {f['forward_per_sample']:,}, train step {f['train_step_per_sample']:,}")
+
+
+def inspect_command(argv: list[str]) -> None:
+    from hpeft.cli import BuildOnlyCLI
+
+    as_json = "--json" in argv
+    cli = BuildOnlyCLI([a for a in argv if a != "--json"])
+    info = inspect_model(cli.model)
+    if hasattr(cli.datamodule, "describe"):
+        info["data"] = cli.datamodule.describe()
+    if as_json:
+        print(json.dumps(info))
+    else:
+        print_inspection(info)

@@ -1,0 +1,32 @@
+"""The backbone config interface: a small typed object the CLI fills in, that builds an nn.Module once
+the data's shape is known. Keeping the config apart from the module lets LightningCLI validate every
+hyperparameter (and `hpeft inspect` count parameters) before any data is generated."""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+
+class BackboneConfig:
+    """Base of backbone configs. Subclasses take their hyperparameters as typed __init__ arguments."""
+
+    @property
+    def model_name(self) -> str:
+        """The built model's name, e.g. "ChannelTransformer" for ChannelTransformerConfig."""
+        return type(self).__name__.removesuffix("Config")
+
+    def as_dict(self) -> dict:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def check(self, grid_shape: tuple[int, int]) -> None:
+        """Raise ValueError if this config cannot be built for data of this shape."""
+
+    def build(self, grid_shape: tuple[int, int], in_channels: int = 2, out_channels: int = 2) -> nn.Module:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,40 @@
+"""Base-model checkpoints: the pretrained backbone's weights (safetensors) with its config and the data
+shape it was built for in the file's metadata, so a PEFT run can check it loads the base it expects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hpeft.models.backbone import BackboneConfig
+from hpeft.utils.atomic import atomic_write
+
+
+def save_base(model: nn.Module, config: BackboneConfig, grid_shape: tuple[int, int], path: str | Path) -> Path:
+    meta = {"backbone": type(config).__name__, "config": json.dumps(config.as_dict()), "grid_shape": json.dumps(list(grid_shape))}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def load_base(model: nn.Module, config: BackboneConfig, grid_shape: tuple[int, int], path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"base checkpoint {path} does not exist; pretrain one first (e.g. `hpeft fit --config "
+            f"configs/channel/pretrain.yaml`) or point base_checkpoint at an existing file"
+        )
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    saved = {"backbone": meta.get("backbone"), "config": json.loads(meta.get("config", "null")),
+             "grid_shape": json.loads(meta.get("grid_shape", "null"))}
+    wanted = {"backbone": type(config).__name__, "config": config.as_dict(), "grid_shape": list(grid_shape)}
+    # Dropout does not change weights, so a base trained with dropout loads into a run without it.
+    strip = lambda c: {k: v for k, v in (c or {}).items() if k != "dropout"}  # noqa: E731
+    if (saved["backbone"], strip(saved["config"]), saved["grid_shape"]) != (wanted["backbone"], strip(wanted["config"]), wanted["grid_shape"]):
+        raise ValueError(f"base checkpoint {path} holds {saved}, but this run builds {wanted}; "
+                         "use the same backbone settings and data grid as the pretraining run")
+    model.load_state_dict(load_file(str(path)))

@@ -1,0 +1,85 @@
+"""Adapter files: the trainable parameters as safetensors, the method specs as JSON beside them.
+
+`save(model, "x.safetensors")` writes x.safetensors and x.json. `load` checks the file against the
+model before touching it: same methods with the same config, same parameter names and shapes.
+`merge` folds mergeable methods (LoRA, IA3) into the base weights for deployment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hpeft.peft.core import apply, applied_specs, peft_layers, set_submodule, spec_from_config
+from hpeft.utils.atomic import atomic_write, atomic_write_json
+
+FORMAT_VERSION = 1
+
+
+def _json_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Write the trainable parameters to `path` (safetensors) and the method config to `path`.json."""
+    path = Path(path)
+    tensors = trainable_state(model)
+    if not tensors:
+        raise ValueError("the model has no trainable parameters to save; apply a PEFT method or unfreeze a part first")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "methods": [s.config() for s in applied_specs(model)],
+        "parameters": {n: list(t.shape) for n, t in tensors.items()},
+        **(extra or {}),
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    atomic_write_json(_json_path(path), meta)
+    return path
+
+
+def load(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load an adapter into `model`. If the model has no methods yet, the file's methods are applied first."""
+    path = Path(path)
+    meta_path = _json_path(path)
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"adapter {path} needs both {path.name} and {meta_path.name}; missing: "
+                                f"{[str(p) for p in (path, meta_path) if not p.is_file()]}")
+    meta = json.loads(meta_path.read_text())
+    wanted = meta["methods"]
+    present = [s.config() for s in applied_specs(model)]
+    if not present and wanted:
+        apply(model, [spec_from_config(c) for c in wanted])
+    elif present != wanted:
+        raise ValueError(f"adapter {path} was saved with methods {wanted}, but the model has {present}")
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    missing = [n for n in tensors if n not in params]
+    if missing:
+        raise ValueError(f"adapter {path} holds parameters the model lacks (a base of another shape?): {missing[:5]}")
+    for name, t in tensors.items():
+        if params[name].shape != t.shape:
+            raise ValueError(
+                f"adapter {path}: parameter {name} has shape {tuple(t.shape)} in the file but "
+                f"{tuple(params[name].shape)} in the model (a base of another shape?)"
+            )
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t)
+    return model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every mergeable method into its base layer and put the base layer back in its place.
+    Methods that cannot be merged (prompts, adapters) stay as they are."""
+    for name, layer in peft_layers(model):
+        if hasattr(layer, "merge") and hasattr(layer, "base_layer"):
+            layer.merge()
+            set_submodule(model, name, layer.base_layer)
+    return model

@@ -1,0 +1,153 @@
+"""`Hybrid`: the one general LightningModule. A backbone, a list of PEFT method specs, a task.
+
+Every variant (tasks/variants.py) is a thin preset that turns flat hyperparameters into a method list
+and calls this class. The module knows nothing of which methods it holds (peft/ does the injecting
+and accounting) and nothing of the task's loss or metrics (tasks/channel.py ...).
+
+Callbacks use these hooks and nothing else: `example_batch(n)`, `training_loss(batch)`,
+`run_facts()`, `adapter_state()` and `export_base()`."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as L
+import torch
+
+from hpeft import peft
+from hpeft.models.backbone import BackboneConfig
+from hpeft.models.base_checkpoint import load_base, save_base
+from hpeft.models.channel_transformer import ChannelTransformerConfig
+from hpeft.peft.core import MethodSpec
+from hpeft.tasks.channel import TASKS
+
+
+class Hybrid(L.LightningModule):
+    def __init__(
+        self,
+        methods: list[MethodSpec] = [],  # noqa: B006 - shown as the default in --help
+        backbone: BackboneConfig | None = None,
+        base_checkpoint: str | None = None,
+        train_base: bool | None = None,
+        save_base_to: str | None = None,
+        task: str = "channel",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        cosine_schedule: bool = True,
+        grid_shape: tuple[int, int] = (14, 72),
+    ):
+        """
+        Args:
+            methods: PEFT method specs to inject, e.g. [{class_path: hpeft.peft.LoRA, init_args: {rank: 8}}].
+            backbone: the base model's config; defaults to a small ChannelTransformer.
+            base_checkpoint: safetensors file of a pretrained base (written by a run with save_base_to).
+            train_base: train the base's own weights too. Defaults to true when no methods are given
+                (pretraining or full fine-tuning), false otherwise.
+            save_base_to: after fit, write the backbone's weights here (a base for later PEFT runs).
+            task: the task head; one of the registered tasks.
+            lr: AdamW learning rate.
+            weight_decay: AdamW weight decay.
+            warmup_steps: linear learning-rate warm-up steps.
+            cosine_schedule: decay the learning rate along a cosine to 0 over the run.
+            grid_shape: data shape (symbols, subcarriers); linked from the data module by the CLI.
+        """
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(TASKS)}")
+        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("warmup_steps", warmup_steps)):
+            if value < 0 or (name == "lr" and value == 0):
+                raise ValueError(f"{name}={value} must be {'positive' if name == 'lr' else 'non-negative'}")
+        self.save_hyperparameters(ignore=["methods", "backbone"])
+        self.backbone_config = backbone if backbone is not None else ChannelTransformerConfig()
+        self.backbone_config.check(tuple(grid_shape))
+        self.grid_shape = tuple(grid_shape)
+        self.task = TASKS[task]()
+        self.model = self.backbone_config.build(self.grid_shape, self.task.in_channels, self.task.out_channels)
+        if base_checkpoint:
+            load_base(self.model, self.backbone_config, self.grid_shape, base_checkpoint)
+        self.methods = list(methods)
+        if save_base_to and self.methods:
+            raise ValueError(f"save_base_to={save_base_to!r} exports a base model, which needs a run without PEFT methods; "
+                             f"this run has {[m.name for m in self.methods]}")
+        train_base = not self.methods if train_base is None else train_base
+        peft.apply(self.model, self.methods, freeze_base=not train_base)
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ValueError("nothing to train: give PEFT methods or set train_base: true")
+
+    # -- the loop -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        return self.task.loss(self(self.task.inputs(batch)), batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.training_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["x"]))
+        return loss
+
+    def _evaluate(self, split: str, batch: dict) -> None:
+        estimate = self(self.task.inputs(batch))
+        self.log(f"{split}/loss", self.task.loss(estimate, batch), batch_size=len(batch["x"]), sync_dist=True)
+        for name, metric in self.task.update(split, estimate, batch).items():
+            self.log(name, metric, prog_bar=name.endswith("/nmse_db"))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self(self.task.inputs(batch))
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.hparams.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not self.hparams.cosine_schedule:
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- hooks for callbacks ----------------------------------------------------------------------
+    def example_batch(self, batch_size: int) -> dict:
+        batch = self.task.example_batch(batch_size, self.grid_shape)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def variant_hparams(self) -> dict:
+        """The flat hyperparameters a sweep varies. Variants override this with their own arguments."""
+        return {"methods": [m.config() for m in self.methods], **dict(self.hparams)}
+
+    def run_facts(self) -> dict:
+        """What the run record needs to know about this module."""
+        report = peft.parameter_report(self.model)
+        return {
+            "task": self.task.name,
+            "variant": type(self).__name__,
+            "hparams": self.variant_hparams(),
+            "backbone": {"name": self.backbone_config.model_name, **self.backbone_config.as_dict()},
+            "methods": [
+                {**m, "config": next((s.config() for s in self.methods if s.name == m["name"]), {})}
+                for m in report["methods"]
+            ],
+            "params": {k: report[k] for k in ("total", "trainable", "base", "trainable_pct")},
+            "layers": report["layers"],
+        }
+
+    def adapter_state(self):
+        """The module whose trainable parameters are this run's result (saved as adapter.safetensors)."""
+        return self.model
+
+    def export_base(self) -> None:
+        if self.hparams.save_base_to:
+            save_base(self.model, self.backbone_config, self.grid_shape, self.hparams.save_base_to)

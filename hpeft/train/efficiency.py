@@ -1,0 +1,122 @@
+"""EfficiencyMeter: the cost side of every run, measured the same way for every variant.
+
+- params: exact counts from peft.parameter_report.
+- FLOPs: torch's FlopCounterMode (with CPU attention counted, see metrics/flops.py) over one forward,
+  and over one training step (forward + loss + backward; frozen weights get no weight gradient, so a
+  PEFT step really costs less than a full one). Per sample.
+- peak memory: CUDA max allocated on a GPU; the process's peak resident set size on the CPU.
+- train samples/s: samples over the time spent inside training batches (forward, backward, optimizer
+  step), after a few warm-up batches, so data generation and validation do not blur the figure.
+- batch-1 latency: median of repeated eval-mode forwards on one sample.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import lightning.pytorch as L
+import torch
+
+from hpeft.metrics.flops import count_flops
+
+
+def peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "device": "cuda"}
+    # ru_maxrss is in KiB on Linux.
+    return {"peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "device": device.type}
+
+
+def measure_flops(module: L.LightningModule, batch_size: int = 2) -> dict:
+    """Forward and train-step FLOPs per sample of `module`, via its example_batch/training_loss hooks."""
+    batch = module.example_batch(batch_size)
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            forward = count_flops(lambda: module(module.task.inputs(batch)))
+        module.train()
+        step = count_flops(lambda: module.training_loss(batch).backward())
+    finally:
+        module.zero_grad(set_to_none=True)
+        module.train(was_training)
+    return {"forward_per_sample": forward // batch_size, "train_step_per_sample": step // batch_size}
+
+
+@torch.no_grad()
+def batch1_latency_ms(module: L.LightningModule, repeats: int = 30, warmup: int = 5) -> float:
+    x = module.task.inputs(module.example_batch(1))
+    was_training = module.training
+    module.eval()
+    times = []
+    for i in range(warmup + repeats):
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        module(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    module.train(was_training)
+    return 1000.0 * statistics.median(times)
+
+
+class EfficiencyMeter(L.Callback):
+    def __init__(self, warmup_batches: int = 3, latency_repeats: int = 30):
+        self.warmup_batches = warmup_batches
+        self.latency_repeats = latency_repeats
+        self.figures: dict = {}
+        self._train_time = 0.0
+        self._train_samples = 0
+        self._batches = 0
+        self._t0 = 0.0
+        self._fit_start = 0.0
+
+    def _static_figures(self, pl_module) -> None:
+        if "flops" not in self.figures:
+            facts = pl_module.run_facts()
+            self.figures["params"] = facts["params"]
+            self.figures["flops"] = measure_flops(pl_module)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
+        self._static_figures(pl_module)
+        self._log(trainer, {f"cost/flops_{k}": v for k, v in self.figures["flops"].items()}
+                  | {f"cost/params_{k}": v for k, v in self.figures["params"].items()})
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._static_figures(pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batches += 1
+        if self._batches > self.warmup_batches:
+            self._train_time += time.perf_counter() - self._t0
+            self._train_samples += len(batch["x"])
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        speed = {
+            "train_samples_per_s": self._train_samples / self._train_time if self._train_time else 0.0,
+            "latency_ms_batch1": batch1_latency_ms(pl_module, self.latency_repeats),
+            "fit_seconds": time.perf_counter() - self._fit_start,
+        }
+        self.figures["speed"] = speed
+        self.figures["memory"] = peak_memory(pl_module.device)
+        self._log(trainer, {f"cost/{k}": v for k, v in speed.items()} | {"cost/peak_memory_bytes": self.figures["memory"]["peak_bytes"]})
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.figures["memory"] = peak_memory(pl_module.device)
+        if "speed" not in self.figures:
+            self.figures["speed"] = {"train_samples_per_s": 0.0, "fit_seconds": 0.0,
+                                     "latency_ms_batch1": batch1_latency_ms(pl_module, self.latency_repeats)}
+
+    @staticmethod
+    def _log(trainer, metrics: dict) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)

@@ -1,0 +1,130 @@
+"""RunRecorder: writes the run record (runs/<experiment>/<run_id>/) that the report, the search and
+the tests read. Contract in DESIGN.md: config.yaml, summary.json, adapter.safetensors + adapter.json.
+
+summary.json is rewritten (atomically) after fit and after test; metrics accumulate, so a fit
+followed by a test in the same run leaves both val/* and test/* figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+
+from hpeft import peft
+from hpeft.train.efficiency import EfficiencyMeter
+from hpeft.utils.atomic import atomic_write_json, atomic_write_text
+
+
+def versions() -> dict:
+    out = {}
+    for pkg in ("hpeft", "torch", "lightning", "sionna-no-rt", "torchmetrics", "wandb"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{sha}{'-dirty' if sha and dirty else ''}"
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+class RunRecorder(L.Callback):
+    def __init__(self, run_dir: str | Path, experiment: str, run_id: str, config_yaml: str, seed: int | None = None,
+                 extra: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.experiment, self.run_id = experiment, run_id
+        self.config_yaml = config_yaml
+        self.seed = seed
+        self.extra = extra or {}
+
+    @property
+    def summary_path(self) -> Path:
+        return self.run_dir / "summary.json"
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.is_global_zero:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_path = self.run_dir / "config.yaml"
+            # A resumed run keeps the config it started with; the resume's own goes beside it.
+            target = config_path if not config_path.exists() else self.run_dir / f"config.{stage}.yaml"
+            atomic_write_text(target, self.config_yaml)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            pl_module.export_base()
+        self._write(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+    def _write(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        summary = self.build_summary(trainer, pl_module)
+        atomic_write_json(self.summary_path, summary)
+        if any(p.requires_grad for p in pl_module.adapter_state().parameters()):
+            peft.save(pl_module.adapter_state(), self.run_dir / "adapter.safetensors",
+                      extra={"run_id": self.run_id, "variant": summary["variant"]})
+        for logger in trainer.loggers:
+            if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
+                logger.experiment.summary.update(flat_figures(summary))
+
+    def build_summary(self, trainer, pl_module) -> dict:
+        previous = json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}
+        facts = pl_module.run_facts()
+        meter = next((cb for cb in trainer.callbacks if isinstance(cb, EfficiencyMeter)), None)
+        figures = meter.figures if meter else {}
+        metrics = dict(previous.get("metrics", {}))
+        metrics.update({k: _plain(v) for k, v in trainer.callback_metrics.items() if "/" in k})
+        datamodule = trainer.datamodule
+        data = datamodule.describe() if hasattr(datamodule, "describe") else {}
+        return {
+            "run_id": self.run_id,
+            "experiment": self.experiment,
+            "task": facts["task"],
+            "variant": facts["variant"],
+            "data": data,
+            "hparams": facts["hparams"],
+            "methods": facts["methods"],
+            "metrics": metrics,
+            "params": facts["params"],
+            "flops": figures.get("flops", previous.get("flops", {})),
+            "memory": figures.get("memory", previous.get("memory", {})),
+            "speed": {**previous.get("speed", {}), **figures.get("speed", {})},
+            "layers": facts["layers"],
+            "backbone": facts["backbone"],
+            "seed": self.seed,
+            "stage": trainer.state.fn.value if trainer.state.fn else None,
+            "world_size": trainer.world_size,
+            "versions": versions(),
+            "git": git_commit(),
+            **self.extra,
+        }
+
+
+def flat_figures(summary: dict) -> dict:
+    """The summary's numbers as flat W&B summary keys (so a workspace can plot the same axes)."""
+    out = {f"metrics/{k}" if "/" not in k else k: v for k, v in summary["metrics"].items()}
+    for group in ("params", "flops", "memory", "speed"):
+        for k, v in summary.get(group, {}).items():
+            if isinstance(v, (int, float)):
+                out[f"cost/{group}_{k}"] = v
+    return out
