@@ -103,15 +103,21 @@ class HpeftCLI(LightningCLI):
         run_dir = latest_resumable_run(experiment_dir) if cfg.get("ckpt_path") == "last" else None
         if cfg.get("ckpt_path") == "last" and run_dir is None:
             print(f"hpeft: no last.ckpt under {experiment_dir}; starting a new run", file=sys.stderr)
-        run_id = run_dir.name if run_dir else new_run_id()
-        run_dir = run_dir or experiment_dir / run_id
+        if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("HPEFT_RUN_ID"):
+            # A DDP rank launched by rank 0 re-runs this CLI: it joins rank 0's run, not a new one.
+            run_id = os.environ["HPEFT_RUN_ID"]
+        else:
+            run_id = run_dir.name if run_dir else new_run_id()
+            os.environ["HPEFT_RUN_ID"] = run_id  # inherited by the DDP ranks this process launches
+        run_dir = experiment_dir / run_id
         self.run_dir = run_dir
 
         config_yaml = self._parser(self.subcommand).dump(cfg, skip_none=False)
         seed = cfg.get("seed_everything")
+        # The meter must finish its figures before the recorder writes them: callbacks run in list order.
         callbacks = list(callbacks) + [
-            RunRecorder(run_dir, cfg.experiment, run_id, config_yaml, seed=seed if isinstance(seed, int) else None),
             EfficiencyMeter(),
+            RunRecorder(run_dir, cfg.experiment, run_id, config_yaml, seed=seed if isinstance(seed, int) else None),
         ]
         if not any(isinstance(cb, ModelCheckpoint) for cb in callbacks) and config.get("enable_checkpointing", True) is not False:
             task = self.model.task

@@ -31,6 +31,11 @@ def peak_memory(device: torch.device) -> dict:
 
 def measure_flops(module: L.LightningModule, batch_size: int = 2) -> dict:
     """Forward and train-step FLOPs per sample of `module`, via its example_batch/training_loss hooks."""
+    with torch.inference_mode(False), torch.enable_grad():  # callers may sit inside a test loop
+        return _measure_flops(module, batch_size)
+
+
+def _measure_flops(module: L.LightningModule, batch_size: int) -> dict:
     batch = module.example_batch(batch_size)
     was_training = module.training
     try:
@@ -81,14 +86,13 @@ class EfficiencyMeter(L.Callback):
             self.figures["params"] = facts["params"]
             self.figures["flops"] = measure_flops(pl_module)
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._static_figures(pl_module)
+
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
-        self._static_figures(pl_module)
         self._log(trainer, {f"cost/flops_{k}": v for k, v in self.figures["flops"].items()}
                   | {f"cost/params_{k}": v for k, v in self.figures["params"].items()})
-
-    def on_test_start(self, trainer, pl_module) -> None:
-        self._static_figures(pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t0 = time.perf_counter()

@@ -1,5 +1,6 @@
-"""Atomic file writes: write a temporary file beside the target, fsync it, then rename over the
-target. A reader sees the old file or the new one, never half of one, even if the writer is killed."""
+"""Atomic file writes: write a temporary file beside the target, fsync it, rename it over the target,
+then fsync the folder. A reader sees the old file or the new one, never half of one, even if the
+writer is killed; and after return the rename survives a crash."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file, or a folder (so a rename inside it is durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)` to produce the file's content, then move it to `path` atomically."""
     path = Path(path)
@@ -17,14 +27,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run records and caches are shared with other users
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+    fsync_path(path.parent)
     return path
 
 
@@ -36,5 +46,5 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, write)
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj, **dump_kwargs) -> Path:
+    return atomic_write_text(path, json.dumps(obj, **({"indent": 2, "default": str} | dump_kwargs)) + "\n")

@@ -1,0 +1,17 @@
+"""Data modules: Sionna channel-estimation data (channel.py), its scenario registry and the tensor cache."""
+
+from .cache import TensorCache, cache_key
+from .channel import ChannelDataConfig, ChannelDataModule, generate, throughput
+from .scenarios import SCENARIO_MIXES, SCENARIOS, scenario_names
+
+__all__ = [
+    "ChannelDataModule",
+    "ChannelDataConfig",
+    "SCENARIOS",
+    "SCENARIO_MIXES",
+    "scenario_names",
+    "TensorCache",
+    "cache_key",
+    "generate",
+    "throughput",
+]

@@ -1,0 +1,24 @@
+"""`hpeft data --config CFG`: generate (or verify) and cache the config's dataset, then print where it
+lives and the test split's classical baselines. Nothing is trained and no run directory is made."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+
+
+def data_command(argv: list[str]) -> None:
+    from hpeft.cli import BuildOnlyCLI
+
+    cli = BuildOnlyCLI(argv)
+    dm = cli.datamodule
+    dm.prepare_data()
+    dm.setup("test")
+    console = Console()
+    console.print(json.dumps(dm.describe(), indent=2))
+    for split in ("train", "val", "test"):
+        console.print(f"{split}: cache entry {dm.cache_key(split)} under {dm.cache.root}")
+    if hasattr(dm, "baseline_nmse_db"):
+        for name, value in dm.baseline_nmse_db("test").items():
+            console.print(f"test baseline {name}: NMSE {value:.2f} dB")
