@@ -40,7 +40,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .cache import TensorCache, cache_key
 from .scenarios import DEVICE, SCENARIOS, LinkParams, canonical_scenario, expand_scenario
@@ -429,6 +429,8 @@ class ChannelDataModule(L.LightningDataModule):
         cache_dir: Folder of the on-disk data cache (relative to the working directory unless absolute).
         lmmse: Compute the LMMSE baseline for the test split (covariances estimated on the train split).
         progress: Show a progress bar while generating.
+        shuffle: Shuffle the train split each epoch (seeded). Off, a 1-process run and a DDP run with the same
+            global batch see the same samples in each step (DistributedSampler deals them out in turn).
     """
 
     def __init__(
@@ -452,6 +454,7 @@ class ChannelDataModule(L.LightningDataModule):
         cache_dir: str = "data_cache",
         lmmse: bool = True,
         progress: bool = True,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         # Validate everything before anything touches the disk or Sionna.
@@ -478,6 +481,7 @@ class ChannelDataModule(L.LightningDataModule):
         self.cache = TensorCache(cache_dir)
         self.lmmse = bool(lmmse)
         self.progress = bool(progress)
+        self.shuffle = bool(shuffle)
         self.in_channels = 2
         self.generated: list[str] = []  # splits this instance generated (not loaded): lets tests see cache hits
         self._data: dict[str, dict[str, torch.Tensor]] = {}
@@ -599,18 +603,26 @@ class ChannelDataModule(L.LightningDataModule):
         return _DictDataset({k: tensors[k] for k in keys})
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(_derive_seed(self.config.seed, "shuffle")) if shuffle else None
+        dataset = self._dataset(split)
+        seed = _derive_seed(self.config.seed, "shuffle")
+        sampler = None
+        if split == "train" and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning would inject a DistributedSampler that always shuffles the train split; ours
+            # honours `shuffle`, and Lightning keeps a sampler that is already distributed.
+            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+        generator = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
         return DataLoader(
-            self._dataset(split),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
