@@ -59,8 +59,11 @@ def inspect_command(argv: list[str]) -> None:
     from hpeft.cli import BuildOnlyCLI
 
     as_json = "--json" in argv
-    cli = BuildOnlyCLI([a for a in argv if a != "--json"])
+    # Counts and FLOPs do not depend on weight values, so the base checkpoint is not loaded: a transfer
+    # config can be inspected before its base has been pretrained.
+    cli = BuildOnlyCLI([a for a in argv if a != "--json"] + ["--model.init_args.base_checkpoint", "null"])
     info = inspect_model(cli.model)
+    info["weights"] = "not loaded: counts and FLOPs do not depend on them"
     if hasattr(cli.datamodule, "describe"):
         info["data"] = cli.datamodule.describe()
     if as_json:
