@@ -75,6 +75,10 @@ class RunRecorder(L.Callback):
     def on_test_end(self, trainer, pl_module) -> None:
         self._write(trainer, pl_module)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":  # a standalone `hpeft validate`; during fit, on_fit_end writes
+            self._write(trainer, pl_module)
+
     def _write(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
