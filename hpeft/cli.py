@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as L
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from hpeft.train.efficiency import EfficiencyMeter
+from hpeft.train.model_summary import HpeftModelSummary
 from hpeft.train.run_record import RunRecorder
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
@@ -90,6 +91,8 @@ class HpeftCLI(LightningCLI):
         try:
             self._check_run_args(cfg)
             super().instantiate_classes()
+            if self.subcommand == "fit" and not any(p.requires_grad for p in self.model.parameters()):
+                raise ValueError("nothing to train: give PEFT methods or set model.init_args.train_base: true")
         except (ValueError, FileNotFoundError) as err:
             # Bad configs end here, before any data is generated or any run directory is made.
             _fail(str(err))
@@ -125,6 +128,8 @@ class HpeftCLI(LightningCLI):
                 dirpath=run_dir / "checkpoints", monitor=f"val/{task.metric}", mode="max" if task.higher_is_better else "min",
                 save_last=True, save_top_k=1, filename="best",
             ))
+        if not any(isinstance(cb, ModelSummary) for cb in callbacks) and config.get("enable_model_summary") is not False:
+            callbacks.append(HpeftModelSummary(max_depth=1))
         if not any(isinstance(cb, ProgressBar) for cb in callbacks) and config.get("enable_progress_bar") is not False:
             callbacks.append(RichProgressBar(leave=True))
         if config.get("logger") in (None, True):

@@ -100,6 +100,7 @@ def test_inspect_json_counts_without_training(tmp_path, cache_dir):
     (["--model", "hpeft.Hybrid", "--model.init_args.methods", '[{"class_path": "hpeft.peft.Nope"}]'], ["hpeft.peft.Nope"]),
     (["--model.init_args.base_checkpoint", "missing.safetensors"], ["missing.safetensors", "pretrain"]),
     (["--experiment", "a/b"], ["experiment='a/b'"]),
+    (["--model", "hpeft.Hybrid", "--model.init_args.train_base", "false"], ["nothing to train"]),
 ])
 def test_bad_input_fails_before_any_data_or_run_dir(tmp_path, override, expected):
     fresh_cache = tmp_path / "cache"

@@ -4,7 +4,8 @@
 - FLOPs: torch's FlopCounterMode (with CPU attention counted, see metrics/flops.py) over one forward,
   and over one training step (forward + loss + backward; frozen weights get no weight gradient, so a
   PEFT step really costs less than a full one). Per sample.
-- peak memory: CUDA max allocated on a GPU; the process's peak resident set size on the CPU.
+- peak memory: CUDA max allocated on a GPU; on the CPU the peak resident set size sampled every few
+  batches of the run's loops (and the process's lifetime peak beside it).
 - train samples/s: samples over the time spent inside training batches (forward, backward, optimizer
   step), after a few warm-up batches, so data generation and validation do not blur the figure.
 - batch-1 latency: median of repeated eval-mode forwards on one sample.
@@ -17,16 +18,28 @@ import statistics
 import time
 
 import lightning.pytorch as L
+import psutil
 import torch
 
 from hpeft.metrics.flops import count_flops
 
 
-def peak_memory(device: torch.device) -> dict:
+def rss_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def process_peak_rss_bytes() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # ru_maxrss is in KiB on Linux
+
+
+def peak_memory(device: torch.device, sampled_rss: int) -> dict:
+    """CUDA max allocated on a GPU. On the CPU the peak RSS sampled during this run's loops: the
+    process's own lifetime peak (also reported) includes data generation before the run started."""
     if device.type == "cuda":
-        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "device": "cuda"}
-    # ru_maxrss is in KiB on Linux.
-    return {"peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "device": device.type}
+        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "device": "cuda",
+                "process_peak_rss_bytes": process_peak_rss_bytes()}
+    return {"peak_bytes": max(sampled_rss, rss_bytes()), "device": device.type,
+            "process_peak_rss_bytes": process_peak_rss_bytes()}
 
 
 def measure_flops(module: L.LightningModule, batch_size: int = 2) -> dict:
@@ -43,7 +56,9 @@ def _measure_flops(module: L.LightningModule, batch_size: int) -> dict:
         with torch.no_grad():
             forward = count_flops(lambda: module(module.task.inputs(batch)))
         module.train()
-        step = count_flops(lambda: module.training_loss(batch).backward())
+        trains = any(p.requires_grad for p in module.parameters())
+        # A module that trains nothing (a base tested as it is) has no training step: 0.
+        step = count_flops(lambda: module.training_loss(batch).backward()) if trains else 0
     finally:
         module.zero_grad(set_to_none=True)
         module.train(was_training)
@@ -70,8 +85,10 @@ def batch1_latency_ms(module: L.LightningModule, repeats: int = 30, warmup: int 
 
 
 class EfficiencyMeter(L.Callback):
-    def __init__(self, warmup_batches: int = 3, latency_repeats: int = 30):
+    def __init__(self, warmup_batches: int = 3, latency_repeats: int = 30, rss_every: int = 10):
         self.warmup_batches = warmup_batches
+        self.rss_every = rss_every
+        self._rss = 0
         self.latency_repeats = latency_repeats
         self.figures: dict = {}
         self._train_time = 0.0
@@ -99,6 +116,8 @@ class EfficiencyMeter(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batches += 1
+        if self._batches % self.rss_every == 1:
+            self._rss = max(self._rss, rss_bytes())
         if self._batches > self.warmup_batches:
             self._train_time += time.perf_counter() - self._t0
             self._train_samples += len(batch["x"])
@@ -110,11 +129,15 @@ class EfficiencyMeter(L.Callback):
             "fit_seconds": time.perf_counter() - self._fit_start,
         }
         self.figures["speed"] = speed
-        self.figures["memory"] = peak_memory(pl_module.device)
+        self.figures["memory"] = peak_memory(pl_module.device, self._rss)
         self._log(trainer, {f"cost/{k}": v for k, v in speed.items()} | {"cost/peak_memory_bytes": self.figures["memory"]["peak_bytes"]})
 
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx % self.rss_every == 0:
+            self._rss = max(self._rss, rss_bytes())
+
     def on_test_end(self, trainer, pl_module) -> None:
-        self.figures["memory"] = peak_memory(pl_module.device)
+        self.figures["memory"] = peak_memory(pl_module.device, self._rss)
         if "speed" not in self.figures:
             self.figures["speed"] = {"train_samples_per_s": 0.0, "fit_seconds": 0.0,
                                      "latency_ms_batch1": batch1_latency_ms(pl_module, self.latency_repeats)}

@@ -1,0 +1,90 @@
+"""Run the hpeft benchmarks, print their tables and write bench_out/results.json (atomically).
+
+    python -m benchmarks.run [--quick] [--only overhead|data] [--threads N] [--repeats N] [--out DIR]
+
+--quick: fewer scenarios and samples, 3 repeats (under ~2 minutes on a warm data cache).
+See benchmarks/README.md for what each benchmark measures and how to read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+BENCHMARKS = ("overhead", "data")
+
+
+def machine_facts(threads: int) -> dict:
+    import lightning
+    import torch
+
+    from hpeft import __version__
+    from hpeft.train.run_record import git_commit, versions
+
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "torch_threads": threads,
+        "hpeft": __version__,
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "versions": versions(),
+        "git": git_commit(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer samples and scenarios, 3 repeats")
+    parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run only this benchmark (repeatable)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on every side (default 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5 full, 3 quick)")
+    parser.add_argument("--out", type=str, default=None, help="output folder (default <repo>/bench_out)")
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 3:
+        parser.error("--repeats must be at least 3: the figures are medians of interleaved repeats")
+
+    from rich.console import Console
+
+    from benchmarks import data_throughput, platform_overhead
+    from benchmarks.common import DEFAULT_OUT, DEFAULT_THREADS
+    from hpeft.utils.atomic import atomic_write_json
+
+    out_dir = Path(args.out) if args.out else DEFAULT_OUT
+    threads = args.threads or DEFAULT_THREADS
+    selected = args.only or list(BENCHMARKS)
+    console = Console()
+    results: dict = {"meta": {**machine_facts(threads), "quick": args.quick, "benchmarks": selected}}
+    started = time.perf_counter()
+    for name in BENCHMARKS:
+        if name not in selected:
+            continue
+        console.rule(f"[bold]{name}")
+        if name == "overhead":
+            results["overhead"] = platform_overhead.run(out_dir, quick=args.quick, repeats=args.repeats, threads=threads)
+        else:
+            results["data"] = data_throughput.run(out_dir, quick=args.quick, repeats=args.repeats, threads=threads)
+        results["meta"]["wall_seconds"] = time.perf_counter() - started
+        results["meta"]["load_average_end"] = list(os.getloadavg())
+        atomic_write_json(out_dir / "results.json", results)  # after each benchmark: partial results survive
+
+    console.print()
+    if "overhead" in results:
+        console.print(platform_overhead.table(results["overhead"]))
+    if "data" in results:
+        for table in data_throughput.tables(results["data"]):
+            console.print(table)
+    console.print(f"results: {out_dir / 'results.json'}  ({results['meta']['wall_seconds']:.0f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
