@@ -41,7 +41,17 @@ import torch
 from benchmarks.common import DEFAULT_OUT, DEFAULT_THREADS, REPO, bench_data_args, child_env, log, median, prepare_bench_data
 from hpeft.utils.atomic import atomic_write_json, atomic_write_text
 
-BACKBONE = {"tokens": 18, "d_model": 64, "layers": 2, "heads": 4, "d_ff": 128}
+# The model both sides train. "quickstart" is configs/quickstart's backbone (a ~20 ms step at 1 thread);
+# "medium" a 4-layer d_model 128 one, where Lightning's fixed per-step cost weighs less. Chosen by
+# HPEFT_BENCH_SIZE (set by `python -m benchmarks.run --size`) so the plain-loop child builds the same model.
+SIZES = {
+    "quickstart": {"tokens": 18, "d_model": 64, "layers": 2, "heads": 4, "d_ff": 128},
+    "medium": {"tokens": 36, "d_model": 128, "layers": 4, "heads": 4, "d_ff": 512},
+}
+SIZE = os.environ.get("HPEFT_BENCH_SIZE", "quickstart")
+if SIZE not in SIZES:
+    raise SystemExit(f"HPEFT_BENCH_SIZE={SIZE!r}; valid sizes: {sorted(SIZES)}")
+BACKBONE = SIZES[SIZE]
 LORA_RANK = 8
 LORA_TARGETS = ["q", "v", "ffn.0"]
 LR = 0.003
@@ -269,7 +279,7 @@ def run(out_dir: Path = DEFAULT_OUT, quick: bool = False, repeats: int | None = 
     ratio = median(r["ratio"] for r in rows)
     return {
         "what": "training steps/s, `hpeft fit` (HpeftCLI + callbacks + W&B offline) vs a plain PyTorch loop",
-        "model": {"backbone": BACKBONE, "lora_rank": LORA_RANK, "lora_targets": LORA_TARGETS,
+        "model": {"size": SIZE, "backbone": BACKBONE, "lora_rank": LORA_RANK, "lora_targets": LORA_TARGETS,
                   "trainable_params": rows[0]["plain"]["trainable_params"]},
         "data": {k: v for k, v in bench_data_args(out_dir).items() if k != "cache_dir"},
         "steps_per_run": steps,

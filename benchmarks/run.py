@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on every side (default 1)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5 full, 3 quick)")
     parser.add_argument("--out", type=str, default=None, help="output folder (default <repo>/bench_out)")
+    parser.add_argument("--size", choices=["quickstart", "medium"], default="quickstart",
+                        help="model for the overhead benchmark (see SIZES in platform_overhead.py)")
     args = parser.parse_args(argv)
+    os.environ["HPEFT_BENCH_SIZE"] = args.size  # before platform_overhead is imported; its children inherit it
     if args.repeats is not None and args.repeats < 3:
         parser.error("--repeats must be at least 3: the figures are medians of interleaved repeats")
 
