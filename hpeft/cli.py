@@ -181,7 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         from hpeft.data.command import data_command
 
         return data_command(argv[1:])
-    if command in TRAINER_COMMANDS or command in ("-h", "--help", ""):
+    if command in ("-h", "--help", ""):
+        print("usage:\n" + __doc__.split("\n\n")[1].rstrip())
+        print("\n`hpeft COMMAND --help` lists a command's options; configs/ holds ready configs.")
+        raise SystemExit(0 if command else 2)
+    if command in TRAINER_COMMANDS:
         argv0, sys.argv = sys.argv, sys.argv[:1] + argv
         try:
             HpeftCLI()

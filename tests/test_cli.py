@@ -135,3 +135,12 @@ def test_pretrained_base_is_exported_and_loaded_for_transfer(tmp_path, cache_dir
     bad = tiny_config(cache_dir, model={"class_path": "hpeft.LoRAOnly", "init_args": {"backbone": other, "base_checkpoint": str(base)}})
     result = run_hpeft(["fit", "--config", str(write_config(tmp_path / "b.yaml", bad))], tmp_path)
     assert result.returncode != 0 and "base checkpoint" in result.stderr and "'d_model': 32" in result.stderr
+
+
+def test_top_level_help_lists_every_command(tmp_path):
+    result = run_hpeft(["--help"], tmp_path)
+    assert result.returncode == 0
+    for command in ("fit", "validate", "test", "predict", "inspect", "data"):
+        assert command in result.stdout.split("hpeft COMMAND")[0], command
+    unknown = run_hpeft(["nope"], tmp_path)
+    assert unknown.returncode == 2 and "'nope'" in unknown.stderr and "inspect" in unknown.stderr
