@@ -22,7 +22,7 @@ from pathlib import Path
 
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from hpeft.train.efficiency import EfficiencyMeter
@@ -55,6 +55,30 @@ def latest_resumable_run(experiment_dir: Path) -> Path | None:
     return candidates[-1].parent.parent if candidates else None
 
 
+def known_class_paths() -> dict[str, list[str]]:
+    """What a config may name by class_path, by role (listed when a config names something else)."""
+    from hpeft import _LAZY
+    from hpeft.models import BackboneConfig
+    from hpeft.peft import METHODS
+
+    return {
+        "model": [f"hpeft.{n}" for n, m in _LAZY.items() if m == "hpeft.tasks"],
+        "data": [f"hpeft.{n}" for n, m in _LAZY.items() if m == "hpeft.data"],
+        "backbone": [f"hpeft.models.{cls.__name__}" for cls in BackboneConfig.__subclasses__()],
+        "methods": [f"hpeft.peft.{cls.__name__}" for cls in METHODS.values()],
+    }
+
+
+class HpeftArgumentParser(LightningArgumentParser):
+    """Lightning's parser; a bad class_path also gets the list of valid ones (jsonargparse names only the bad one)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if "class_path" in message:
+            known = "; ".join(f"{role}: {', '.join(paths)}" for role, paths in known_class_paths().items())
+            message = f"{message}\nvalid class paths: {known}"
+        return super().error(message, ex)
+
+
 class HpeftCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True, **kwargs):
         super().__init__(
@@ -63,6 +87,7 @@ class HpeftCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=None,
+            parser_class=HpeftArgumentParser,
             args=args,
             run=run,
             **kwargs,
