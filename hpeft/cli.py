@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as L
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
@@ -50,9 +51,16 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def latest_resumable_run(experiment_dir: Path) -> Path | None:
+def latest_resumable_run(experiment_dir: Path, config_yaml: str) -> Path | None:
+    """The newest run of the experiment with a last.ckpt whose model and data config equal this one's.
+    Other runs of the experiment (another rank, another scenario) are never resumed by mistake."""
+    wanted = yaml.safe_load(config_yaml)
+    same = lambda run: all(  # noqa: E731
+        yaml.safe_load((run / "config.yaml").read_text()).get(k) == wanted.get(k) for k in ("model", "data")
+    ) if (run / "config.yaml").is_file() else False
     candidates = sorted(experiment_dir.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1].parent.parent if candidates else None
+    matching = [c.parent.parent for c in candidates if same(c.parent.parent)]
+    return matching[-1] if matching else None
 
 
 def known_class_paths() -> dict[str, list[str]]:
@@ -128,9 +136,11 @@ class HpeftCLI(LightningCLI):
         if self.subcommand is None:  # inspect / data: no run, nothing written
             return None
         experiment_dir = Path(cfg.runs_dir) / cfg.experiment
-        run_dir = latest_resumable_run(experiment_dir) if cfg.get("ckpt_path") == "last" else None
+        config_yaml = self._parser(self.subcommand).dump(cfg, skip_none=False)
+        run_dir = latest_resumable_run(experiment_dir, config_yaml) if cfg.get("ckpt_path") == "last" else None
         if cfg.get("ckpt_path") == "last" and run_dir is None:
-            print(f"hpeft: no last.ckpt under {experiment_dir}; starting a new run", file=sys.stderr)
+            print(f"hpeft: no run under {experiment_dir} with this model and data config left a last.ckpt; "
+                  "starting a new run", file=sys.stderr)
         if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("HPEFT_RUN_ID"):
             # A DDP rank launched by rank 0 re-runs this CLI: it joins rank 0's run, not a new one.
             run_id = os.environ["HPEFT_RUN_ID"]
@@ -140,22 +150,23 @@ class HpeftCLI(LightningCLI):
         run_dir = experiment_dir / run_id
         self.run_dir = run_dir
 
-        config_yaml = self._parser(self.subcommand).dump(cfg, skip_none=False)
         seed = cfg.get("seed_everything")
         # The meter must finish its figures before the recorder writes them: callbacks run in list order.
         callbacks = list(callbacks) + [
             EfficiencyMeter(),
             RunRecorder(run_dir, cfg.experiment, run_id, config_yaml, seed=seed if isinstance(seed, int) else None),
         ]
-        if not any(isinstance(cb, ModelCheckpoint) for cb in callbacks) and config.get("enable_checkpointing", True) is not False:
+        user = config.get("callbacks") or []
+        present = [*callbacks, *(user if isinstance(user, list) else [user])]  # the config's own trainer.callbacks too
+        if not any(isinstance(cb, ModelCheckpoint) for cb in present) and config.get("enable_checkpointing", True) is not False:
             task = self.model.task
             callbacks.append(ModelCheckpoint(
                 dirpath=run_dir / "checkpoints", monitor=f"val/{task.metric}", mode="max" if task.higher_is_better else "min",
                 save_last=True, save_top_k=1, filename="best",
             ))
-        if not any(isinstance(cb, ModelSummary) for cb in callbacks) and config.get("enable_model_summary") is not False:
+        if not any(isinstance(cb, ModelSummary) for cb in present) and config.get("enable_model_summary") is not False:
             callbacks.append(HpeftModelSummary(max_depth=1))
-        if not any(isinstance(cb, ProgressBar) for cb in callbacks) and config.get("enable_progress_bar") is not False:
+        if not any(isinstance(cb, ProgressBar) for cb in present) and config.get("enable_progress_bar") is not False:
             callbacks.append(RichProgressBar(leave=True))
         if config.get("logger") in (None, True):
             mode = resolve_wandb_mode(cfg.wandb)

@@ -145,3 +145,30 @@ def test_top_level_help_lists_every_command(tmp_path):
         assert command in result.stdout.split("hpeft COMMAND")[0], command
     unknown = run_hpeft(["nope"], tmp_path)
     assert unknown.returncode == 2 and "'nope'" in unknown.stderr and "inspect" in unknown.stderr
+
+
+def test_callbacks_from_the_config_replace_the_defaults(tmp_path, cache_dir):
+    trainer = {"max_epochs": 1, "enable_model_summary": False,
+               "callbacks": [{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar"},
+                             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                              "init_args": {"monitor": "val/nmse_db", "save_last": True}}]}
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(cache_dir, trainer=trainer))
+    result = run_hpeft(["fit", "--config", str(cfg)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_resume_picks_the_run_with_the_same_config(tmp_path, cache_dir):
+    def config(rank):
+        model = {"class_path": "hpeft.LoRAOnly", "init_args": {"lora_rank": rank, "backbone": TINY_BACKBONE}}
+        return write_config(tmp_path / f"r{rank}.yaml", tiny_config(
+            cache_dir, model=model, trainer={"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False}))
+
+    assert run_hpeft(["fit", "--config", str(config(2))], tmp_path).returncode == 0
+    assert run_hpeft(["fit", "--config", str(config(3))], tmp_path).returncode == 0  # newer, other config
+    resumed = run_hpeft(["fit", "--config", str(config(2)), "--ckpt_path", "last", "--trainer.max_epochs", "2"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    epochs = {}
+    for run in (tmp_path / "runs" / "t").iterdir():
+        rank = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["lora_rank"]
+        epochs[rank] = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")["epoch"]
+    assert epochs == {2: 1, 3: 0}

@@ -121,8 +121,11 @@ def peft_layers(model: nn.Module) -> list[tuple[str, PeftLayer]]:
 
 
 def freeze(model: nn.Module) -> None:
+    """Freeze the base: every parameter no method owns (methods applied earlier keep training)."""
+    owned = {id(p) for _, layer in peft_layers(model) for _, p in layer.method_parameters()}
     for p in model.parameters():
-        p.requires_grad_(False)
+        if id(p) not in owned:
+            p.requires_grad_(False)
 
 
 def apply(model: nn.Module, specs: list[MethodSpec], freeze_base: bool = True) -> nn.Module:
@@ -143,13 +146,14 @@ def apply(model: nn.Module, specs: list[MethodSpec], freeze_base: bool = True) -
                 raise ValueError(f"methods clash on module {n!r}: {claimed[n]!r} and {spec!r} both target it")
             claimed[n] = spec
         plan.append((spec, names))
+    # Build every layer before changing the model, so a spec that fails to wrap (e.g. a rank larger
+    # than a layer) leaves the model as it was.
+    layers = [(n, spec.wrap(model.get_submodule(n), n), spec) for spec, names in plan for n in names]
     if freeze_base:
         freeze(model)
-    for spec, names in plan:
-        for n in names:
-            layer = spec.wrap(model.get_submodule(n), n)
-            layer.spec = spec
-            set_submodule(model, n, layer)
+    for n, layer, spec in layers:
+        layer.spec = spec
+        set_submodule(model, n, layer)
     return model
 
 

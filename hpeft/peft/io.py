@@ -52,6 +52,11 @@ def load(model: nn.Module, path: str | Path) -> nn.Module:
         raise FileNotFoundError(f"adapter {path} needs both {path.name} and {meta_path.name}; missing: "
                                 f"{[str(p) for p in (path, meta_path) if not p.is_file()]}")
     meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"adapter {path} has format_version {meta.get('format_version')!r}; this hpeft reads {FORMAT_VERSION}")
+    if getattr(model, "hpeft_merged", None):
+        raise ValueError(f"the model already has adapters merged into its weights ({model.hpeft_merged}); "
+                         f"load {path} into an unmerged base instead")
     wanted = meta["methods"]
     present = [s.config() for s in applied_specs(model)]
     if not present and wanted:
@@ -63,6 +68,9 @@ def load(model: nn.Module, path: str | Path) -> nn.Module:
     missing = [n for n in tensors if n not in params]
     if missing:
         raise ValueError(f"adapter {path} holds parameters the model lacks (a base of another shape?): {missing[:5]}")
+    absent = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+    if absent:
+        raise ValueError(f"adapter {path} lacks trainable parameters the model has (a base of another depth?): {absent[:5]}")
     for name, t in tensors.items():
         if params[name].shape != t.shape:
             raise ValueError(
@@ -78,8 +86,13 @@ def load(model: nn.Module, path: str | Path) -> nn.Module:
 def merge(model: nn.Module) -> nn.Module:
     """Fold every mergeable method into its base layer and put the base layer back in its place.
     Methods that cannot be merged (prompts, adapters) stay as they are."""
+    merged = []
     for name, layer in peft_layers(model):
         if hasattr(layer, "merge") and hasattr(layer, "base_layer"):
             layer.merge()
             set_submodule(model, name, layer.base_layer)
+            merged.append(name)
+    if merged:
+        # Remembered so that loading an adapter into the merged model (applying it twice) is refused.
+        model.hpeft_merged = sorted(set(getattr(model, "hpeft_merged", [])) | set(merged))
     return model

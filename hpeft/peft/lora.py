@@ -39,16 +39,20 @@ class LoRALinear(PeftLayer):
         return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
 
     @torch.no_grad()
+    def _shift(self, sign: float) -> None:
+        # In float32 whatever the weights' dtype, so that unmerge restores bf16/fp16 weights as closely as it can.
+        w = self.base_layer.weight
+        w.copy_((w.float() + sign * (self.lora_B.float() @ self.lora_A.float()) * self.scaling).to(w.dtype))
+
     def merge(self) -> None:
         """Fold B A into the base weight (outputs unchanged); `unmerge` undoes it."""
         if not self.merged:
-            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+            self._shift(1.0)
             self.merged = True
 
-    @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
+            self._shift(-1.0)
             self.merged = False
 
     def extra_repr(self) -> str:

@@ -12,8 +12,7 @@ BASELINES = {"ls": "LS, linear interp. (Sionna)", "lmmse": "LMMSE (Sionna)"}
 def _method_label(summary: dict) -> str:
     methods = summary.get("methods") or []
     if not methods:
-        return "base, full training" if summary.get("params", {}).get("trainable") == summary.get("params", {}).get("total") \
-            and summary.get("stage") == "fit" else "base, no transfer"
+        return "base, full training" if summary.get("trained_steps", 0) > 0 else "base, no transfer"
     parts = []
     for m in methods:
         cfg = m.get("config", {})

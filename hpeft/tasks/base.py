@@ -112,8 +112,12 @@ class Hybrid(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = self.hparams.warmup_steps
+        total = self.trainer.estimated_stepping_batches if self.hparams.cosine_schedule else 1
+        if not math.isfinite(total):
+            raise ValueError("cosine_schedule needs a known run length: set trainer.max_epochs or trainer.max_steps "
+                             "(a run bounded by max_time alone has none), or set model.init_args.cosine_schedule: false")
+        total = max(1, int(total))
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -128,8 +132,11 @@ class Hybrid(L.LightningModule):
 
     # -- hooks for callbacks ----------------------------------------------------------------------
     def example_batch(self, batch_size: int) -> dict:
+        # Device and dtype from the weights: callbacks' setup runs before Lightning moves the model to the
+        # GPU (while self.device already says cuda), and `*-true` precisions keep weights in bf16/fp16.
+        p = next(self.model.parameters())
         batch = self.task.example_batch(batch_size, self.grid_shape)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return {k: v.to(device=p.device, dtype=p.dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
 
     def variant_hparams(self) -> dict:
         """The flat hyperparameters a sweep varies. Variants override this with their own arguments."""

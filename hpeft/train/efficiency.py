@@ -123,11 +123,10 @@ class EfficiencyMeter(L.Callback):
             self._train_samples += len(batch["x"])
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        speed = {
-            "train_samples_per_s": self._train_samples / self._train_time if self._train_time else 0.0,
-            "latency_ms_batch1": batch1_latency_ms(pl_module, self.latency_repeats),
-            "fit_seconds": time.perf_counter() - self._fit_start,
-        }
+        speed = {"latency_ms_batch1": batch1_latency_ms(pl_module, self.latency_repeats)}
+        if self._train_samples:  # a resume of a finished run trains nothing: keep the earlier figures
+            speed["train_samples_per_s"] = self._train_samples / self._train_time
+            speed["fit_seconds"] = time.perf_counter() - self._fit_start
         self.figures["speed"] = speed
         self.figures["memory"] = peak_memory(pl_module.device, self._rss)
         self._log(trainer, {f"cost/{k}": v for k, v in speed.items()} | {"cost/peak_memory_bytes": self.figures["memory"]["peak_bytes"]})
@@ -138,9 +137,8 @@ class EfficiencyMeter(L.Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         self.figures["memory"] = peak_memory(pl_module.device, self._rss)
-        if "speed" not in self.figures:
-            self.figures["speed"] = {"train_samples_per_s": 0.0, "fit_seconds": 0.0,
-                                     "latency_ms_batch1": batch1_latency_ms(pl_module, self.latency_repeats)}
+        if "speed" not in self.figures:  # a test-only session: no training figures of its own
+            self.figures["speed"] = {"latency_ms_batch1": batch1_latency_ms(pl_module, self.latency_repeats)}
 
     @staticmethod
     def _log(trainer, metrics: dict) -> None:

@@ -91,6 +91,13 @@ class RunRecorder(L.Callback):
             if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
                 logger.experiment.summary.update(flat_figures(summary))
 
+    @staticmethod
+    def _checkpoint_facts(trainer, previous: dict) -> dict:
+        """Which weights the adapter file holds: after fit, the last epoch's; after a test, the tested ones
+        (the best checkpoint when the test followed fit with test_after_fit)."""
+        tested = trainer.state.fn is not None and trainer.state.fn.value == "test"
+        return {**previous, **_best(trainer), "adapter_weights": "tested" if tested else "last epoch"}
+
     def build_summary(self, trainer, pl_module) -> dict:
         previous = json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}
         facts = pl_module.run_facts()
@@ -111,8 +118,11 @@ class RunRecorder(L.Callback):
             "metrics": metrics,
             "params": facts["params"],
             "flops": figures.get("flops", previous.get("flops", {})),
-            "memory": figures.get("memory", previous.get("memory", {})),
-            "speed": {**previous.get("speed", {}), **figures.get("speed", {})},
+            # A later session in this run (a test of it, a resume) keeps the fit's figures it did not measure.
+            "memory": max(previous.get("memory", {}), figures.get("memory", {}), key=lambda m: m.get("peak_bytes", -1)),
+            "speed": {"train_samples_per_s": 0.0, "fit_seconds": 0.0, **previous.get("speed", {}), **figures.get("speed", {})},
+            "trained_steps": max(previous.get("trained_steps", 0), trainer.global_step),
+            "checkpoint": self._checkpoint_facts(trainer, previous.get("checkpoint", {})),
             "layers": facts["layers"],
             "backbone": facts["backbone"],
             "seed": self.seed,
@@ -122,6 +132,14 @@ class RunRecorder(L.Callback):
             "git": git_commit(),
             **self.extra,
         }
+
+
+def _best(trainer) -> dict:
+    cb = trainer.checkpoint_callback
+    if cb is None or not getattr(cb, "best_model_path", ""):
+        return {}
+    score = cb.best_model_score
+    return {"best_path": cb.best_model_path, "monitor": cb.monitor, "best_score": None if score is None else float(score)}
 
 
 def flat_figures(summary: dict) -> dict:

@@ -164,3 +164,39 @@ def test_bad_lora_settings(kwargs, message):
 def test_rank_larger_than_layer_is_refused():
     with pytest.raises(ValueError, match=r"rank=50 exceeds the smaller side of up \(10x40\); valid ranks: 1\.\.10"):
         peft.apply(MLP(), [peft.LoRA(rank=50, targets=["up"])])
+
+
+def test_a_failing_wrap_leaves_the_model_untouched():
+    model = MLP()
+    with pytest.raises(ValueError, match="rank=20 exceeds"):
+        peft.apply(model, [peft.LoRA(rank=20, targets=["up", "down"])])  # up is 10x40: ranks 1..10
+    assert not peft.peft_layers(model) and all(p.requires_grad for p in model.parameters())
+
+
+def test_a_second_apply_keeps_earlier_methods_trainable():
+    model = peft.apply(tiny(), [peft.LoRA(rank=2, targets=["q"])])
+    peft.apply(model, [peft.LoRA(rank=2, targets=["v"])])
+    report = peft.parameter_report(model)
+    assert report["trainable"] == 2 * 2 * 2 * (32 + 32)  # q and v in 2 layers, rank 2
+
+
+def test_load_refuses_a_partial_match_and_a_merged_model(tmp_path):
+    model = peft.apply(tiny(), [peft.LoRA(rank=2, targets=["q"])])
+    peft.save(model, tmp_path / "a.safetensors")
+    deeper = tiny(layers=3)
+    with pytest.raises(ValueError, match=r"lacks trainable parameters.*blocks\.2\.attn\.q"):
+        peft.load(deeper, tmp_path / "a.safetensors")
+    merged = peft.merge(peft.load(tiny(), tmp_path / "a.safetensors"))
+    with pytest.raises(ValueError, match="already has adapters merged"):
+        peft.load(merged, tmp_path / "a.safetensors")
+
+
+def test_merge_and_unmerge_in_bfloat16_restore_the_weights():
+    lin = nn.Linear(16, 16).to(torch.bfloat16)
+    model = peft.apply(nn.Sequential(lin), [peft.LoRA(rank=4, targets=["0"])])
+    randomize_lora(model)
+    w0 = lin.weight.detach().clone()
+    model[0].merge()
+    model[0].unmerge()
+    # one bf16 rounding on the way in and one on the way out, no more
+    assert (lin.weight.float() - w0.float()).abs().max() <= 2 * w0.float().abs().max() * 2**-8
