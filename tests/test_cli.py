@@ -172,3 +172,14 @@ def test_resume_picks_the_run_with_the_same_config(tmp_path, cache_dir):
         rank = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["lora_rank"]
         epochs[rank] = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")["epoch"]
     assert epochs == {2: 1, 3: 0}
+
+
+def test_predict_keeps_its_estimates_in_the_run(tmp_path, cache_dir):
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(cache_dir))
+    result = run_hpeft(["predict", "--config", str(cfg)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "t").iterdir()
+    estimate = load_file(str(run_dir / "predictions.safetensors"))["estimate"]
+    assert estimate.shape == (64, 2, 14, 24)  # num_test samples of the 2-PRB grid
+    assert torch.isfinite(estimate).all() and estimate.abs().sum() > 0
+    assert (run_dir / "summary.json").is_file()

@@ -1,5 +1,6 @@
 """RunRecorder: writes the run record (runs/<experiment>/<run_id>/) that the report, the search and
-the tests read. Contract in DESIGN.md: config.yaml, summary.json, adapter.safetensors + adapter.json.
+the tests read. Contract in DESIGN.md: config.yaml, summary.json, adapter.safetensors + adapter.json;
+`hpeft predict` adds predictions.safetensors.
 
 summary.json is rewritten (atomically) after fit and after test; metrics accumulate, so a fit
 followed by a test in the same run leaves both val/* and test/* figures."""
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import torch
+from safetensors.torch import save_file
 
 from hpeft import peft
 from hpeft.train.efficiency import EfficiencyMeter
-from hpeft.utils.atomic import atomic_write_json, atomic_write_text
+from hpeft.utils.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 
 def versions() -> dict:
@@ -73,6 +75,19 @@ class RunRecorder(L.Callback):
         self._write(trainer, pl_module)
 
     def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._predictions: list[torch.Tensor] = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._predictions.append(outputs.detach().cpu())
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        """predictions.safetensors: the estimates for the predict split, in data order (this rank's share under DDP)."""
+        estimates = torch.cat(self._predictions) if self._predictions else torch.empty(0)
+        name = "predictions.safetensors" if trainer.is_global_zero else f"predictions.rank{trainer.global_rank}.safetensors"
+        atomic_write(self.run_dir / name, lambda tmp: save_file({"estimate": estimates.contiguous()}, tmp))
         self._write(trainer, pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
