@@ -42,6 +42,8 @@ import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from hpeft.metrics.nmse import nmse_db
+
 from .cache import TensorCache, cache_key
 from .scenarios import DEVICE, SCENARIOS, LinkParams, canonical_scenario, expand_scenario
 
@@ -52,7 +54,6 @@ __all__ = [
     "throughput",
     "pilot_layout",
     "channel_covariances",
-    "nmse_db",
     "FORMAT_VERSION",
     "SPLITS",
 ]
@@ -371,12 +372,6 @@ def throughput(config: ChannelDataConfig, n: int = 1024, *, lmmse: bool = False)
         "samples_per_s": round(n / seconds, 1),
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def nmse_db(estimate: torch.Tensor, target: torch.Tensor) -> float:
-    """10*log10(sum |estimate - target|^2 / sum |target|^2) over everything (total error / total energy)."""
-    err = (estimate.double() - target.double()).square().sum()
-    return float(10.0 * torch.log10(err / target.double().square().sum()))
 
 
 # ---------------------------------------------------------------------------------------------- DataModule

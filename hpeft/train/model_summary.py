@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import RichModelSummary
 
-from hpeft.train.efficiency import measure_flops
+from hpeft.train.efficiency import EfficiencyMeter, measure_flops
 
 
 class _WithFlops:
@@ -20,4 +20,7 @@ class _WithFlops:
 
 class HpeftModelSummary(RichModelSummary):
     def _summary(self, trainer, pl_module):
-        return _WithFlops(super()._summary(trainer, pl_module), measure_flops(pl_module)["forward_per_sample"])
+        # EfficiencyMeter counted them in setup, before this runs at fit start; count only without one.
+        meter = next((cb for cb in trainer.callbacks if isinstance(cb, EfficiencyMeter) and "flops" in cb.figures), None)
+        flops = meter.figures["flops"] if meter else measure_flops(pl_module)
+        return _WithFlops(super()._summary(trainer, pl_module), flops["forward_per_sample"])

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hpeft.data import SCENARIOS, ChannelDataModule
-from hpeft.data.channel import ChannelDataConfig, channel_covariances, generate, nmse_db, pilot_layout
+from hpeft.data.channel import ChannelDataConfig, channel_covariances, generate, pilot_layout
+from hpeft.metrics import nmse_db
 from hpeft.data.scenarios import SCENARIO_MIXES, expand_scenario
 
 
