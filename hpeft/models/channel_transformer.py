@@ -3,7 +3,8 @@ to the channel on the whole grid.
 
 The grid (symbols x subcarriers) is cut into `tokens` rectangular patches; each patch's real and
 imaginary parts become one token. Module names are short and stable because PEFT targets them by
-pattern: `blocks.{i}.attn.{q,k,v,o}` and `blocks.{i}.ffn.{0,2}` (ffn.0 is the seed's "FFN linear1").
+pattern: `embed` (token embeddings, where prompts go), `blocks.{i}.attn.{q,k,v,o}` and `blocks.{i}.ffn.{0,2}`
+(ffn.0 is the seed's "FFN linear1"); `blocks.{i}.attn` and `blocks.{i}.ffn` are the blocks adapters wrap.
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ class SelfAttention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(b, -1, d))
 
 
+class TokenEmbedding(nn.Module):
+    """Patch vectors -> token embeddings with learned positions. A module of its own (with
+    `embedding_dim`) so that prompt tuning can target it by name and put tokens in front of its output."""
+
+    def __init__(self, patch_features: int, d_model: int, tokens: int):
+        super().__init__()
+        self.embedding_dim = d_model
+        self.proj = nn.Linear(patch_features, d_model)
+        self.pos = nn.Parameter(torch.randn(tokens, d_model) * 0.02)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.proj(patches) + self.pos
+
+
 class Block(nn.Module):
     def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float):
         super().__init__()
@@ -96,8 +111,7 @@ class ChannelTransformer(nn.Module):
         self.tokens = tokens
         self.in_channels, self.out_channels = in_channels, out_channels
         ps, pf = self.patch
-        self.embed = nn.Linear(in_channels * ps * pf, d_model)
-        self.pos = nn.Parameter(torch.randn(tokens, d_model) * 0.02)
+        self.embed = TokenEmbedding(in_channels * ps * pf, d_model, tokens)
         self.blocks = nn.ModuleList(Block(d_model, heads, d_ff, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, out_channels * ps * pf)
@@ -116,7 +130,7 @@ class ChannelTransformer(nn.Module):
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Grid -> token embeddings [B, tokens, d_model]; prompt-style methods hook in after this."""
-        return self.embed(self.patchify(x)) + self.pos
+        return self.embed(self.patchify(x))
 
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

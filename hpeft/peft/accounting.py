@@ -5,28 +5,34 @@ from __future__ import annotations
 
 from torch import nn
 
-from hpeft.peft.core import peft_layers
+from hpeft.peft.core import logical_name, peft_layers
 
 
 def parameter_report(model: nn.Module) -> dict:
-    """{"total", "trainable", "base", "trainable_pct", "methods": [{name, params, trainable}],
-    "layers": [{module, method, params}], "base_trainable"}.
+    """{"total", "trainable", "base", "base_trainable", "trainable_pct",
+    "methods": [{name, params, trainable, deployed}], "layers": [{module, method, params, deployed}]}.
 
     `base` counts parameters that belong to no method (frozen or not); `base_trainable` those of them
-    that still train (full fine-tuning, or a head left trainable)."""
-    method_params: dict[int, tuple[str, str]] = {}
+    that still train (full fine-tuning, or a head left trainable). A parameter shared by several layers
+    (Compacter's rule, shared adapters) is counted once, at the first layer that holds it. `deployed` is
+    what a deployed model keeps: non-zeros of pruned weights, a reparameterised prefix flattened."""
+    method_params: dict[int, str] = {}
     layers: list[dict] = []
-    for layer_name, layer in peft_layers(model):
-        count = 0
+    for path, layer in peft_layers(model):
+        own = []
         for pname, p in layer.method_parameters():
             if id(p) not in method_params:
-                method_params[id(p)] = (layer.method, f"{layer_name}.{pname}")
-                count += p.numel()
-        layers.append({"module": layer_name, "method": layer.method, "params": count})
+                method_params[id(p)] = layer.method
+                own.append((pname, p))
+        layers.append({"module": logical_name(path), "method": layer.method, "params": sum(p.numel() for _, p in own),
+                       "deployed": layer.deployed_params(own)})
 
     seen: set[int] = set()
     total = trainable = base = base_trainable = 0
     per_method: dict[str, dict] = {}
+    for row in layers:
+        entry = per_method.setdefault(row["method"], {"params": 0, "trainable": 0, "deployed": 0})
+        entry["deployed"] += row["deployed"]
     for p in model.parameters():  # parameters() already yields shared parameters once
         if id(p) in seen:
             continue
@@ -35,7 +41,7 @@ def parameter_report(model: nn.Module) -> dict:
         total += n
         trainable += n if p.requires_grad else 0
         if id(p) in method_params:
-            entry = per_method.setdefault(method_params[id(p)][0], {"params": 0, "trainable": 0})
+            entry = per_method[method_params[id(p)]]
             entry["params"] += n
             entry["trainable"] += n if p.requires_grad else 0
         else:

@@ -1,64 +1,134 @@
 """The injection mechanism every PEFT method uses.
 
 A method is a *spec* (a small typed object: hyperparameters + target patterns) registered by name.
-`apply(model, specs)` freezes the model, resolves each spec's targets to module names, checks that no
-two methods claim the same module, and lets each spec wrap its modules in a `PeftLayer`. Everything
-else (accounting, save/load, merge) finds methods by walking modules for `PeftLayer`, so a new method
-only adds a file.
+`apply(model, specs)` freezes the model, resolves each spec's targets to module names, checks every
+target, and lets each spec wrap its modules in a `PeftLayer`. Everything else (accounting, save/load,
+merge) finds methods by walking modules for `PeftLayer`, so a new method only adds a file.
 
-Target patterns, matched against fully qualified module names:
+Target patterns, matched against module names (with the `base_layer` hops of wrappers left out, so a
+pattern keeps meaning the same module after other methods wrapped it):
   "q"                   a name component suffix: matches "blocks.0.attn.q", "blocks.1.attn.q", ...
   "ffn.0"               a dotted suffix: matches "blocks.0.ffn.0", ...
   "blocks.*.attn.q"     a glob (fnmatch) over the whole name
   "re:blocks\\.[01]\\..*"  a regular expression over the whole name
+A spec's `layers` (a list of layer indices) keeps only modules of those layers; a module's layer index
+is the first number in its name (`blocks.3.attn.q`, `transformer.h.3.attn`, `model.layers.3.mlp`).
+
+Stacking. Several different methods may wrap one module (UniPELT puts LoRA and a prefix on `v`); the
+same method twice on one module is a clash. Wrappers nest by `level`, whatever the order they were
+applied in: weight-level methods (LoRA, IA3, BitFit: level 0) sit next to the base module, output-level
+ones (adapters: 1) around them, and sequence-level ones (prompt, prefix: 2), which change the output's
+length, outermost. Merging then folds the innermost layers first (see io.merge).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
+import itertools
 import re
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 METHODS: dict[str, type["MethodSpec"]] = {}
+_apply_order = itertools.count()
+
+
+class _LinearLikeMeta(type):
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, nn.Linear) or is_transposed_linear(obj)
+
+
+class LinearLike(metaclass=_LinearLikeMeta):
+    """isinstance() target for nn.Linear and transformers' Conv1D (GPT-2's linear with a transposed weight).
+    Duck-typed so that hpeft does not import transformers unless the model does."""
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a linear-like module."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if is_transposed_linear(module):
+        return module.nx, module.nf
+    raise TypeError(f"{type(module).__name__} is not a linear layer (nn.Linear or transformers Conv1D)")
+
+
+def weight_options(module: nn.Module) -> dict:
+    """device and dtype for a method's new parameters: those of the base module's weights (float32 where
+    the base stores integers, as quantised layers do)."""
+    w = next(raw_module(module).parameters())
+    return {"device": w.device, "dtype": w.dtype if w.is_floating_point() else torch.float32}
 
 
 class PeftLayer(nn.Module):
-    """A module a method put in place of (or around) a base module. `method` names the method."""
+    """A module a method put around a base module (kept as `base_layer`). `method` names the method;
+    `level` orders nesting (see the module docstring)."""
 
     method: ClassVar[str] = ""
+    level: ClassVar[int] = 0
 
     def method_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """This method's own parameters (not the wrapped base module's)."""
-        base = getattr(self, "base_layer", None)
-        base_ids = {id(p) for p in base.parameters()} if base is not None else set()
+        """This method's own parameters (not those of the module it wraps)."""
+        base_ids = {id(p) for p in self.base_layer.parameters()}
         return [(n, p) for n, p in self.named_parameters() if id(p) not in base_ids]
+
+    def deployed_params(self, own: list[tuple[str, nn.Parameter]]) -> int:
+        """How many of `own` (this layer's parameters, each counted once model-wide) a deployed model keeps:
+        the non-zeros of a pruned weight, the flattened prefix of a reparameterised one."""
+        return sum(p.numel() for _, p in own)
+
+
+def raw_module(module: nn.Module) -> nn.Module:
+    """The base module under any number of PEFT wrappers."""
+    while isinstance(module, PeftLayer):
+        module = module.base_layer
+    return module
 
 
 class MethodSpec:
-    """Base of method specs. Subclasses set `name`, `layer_types` and implement `wrap`."""
+    """Base of method specs. Subclasses set `name`, `layer_types`, `level` and implement `wrap`."""
 
     name: ClassVar[str] = ""
-    # Module types this method can wrap; a target matching another type is an error.
-    layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Module,)
+    # Module types this method can wrap (judged on the base module under any wrappers).
+    layer_types: ClassVar[tuple[type, ...]] = (nn.Module,)
+    level: ClassVar[int] = 0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.name:
             METHODS[cls.name] = cls
 
-    def __init__(self, targets: list[str]):
+    def __init__(self, targets: list[str], layers: list[int] | None = None):
+        if not targets:
+            raise ValueError(f"{self.name} targets is empty; give module-name patterns such as ['q', 'v', 'ffn.0']")
         self.targets = list(targets)
+        self.layers = None if layers is None else sorted(int(i) for i in layers)
 
     def config(self) -> dict:
         """The spec as plain data (for adapter.json, summary.json and the W&B config)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {"name": self.name, **{n: getattr(self, n) for n in names}}
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "kwargs")]
+        return {"name": self.name, **{n: getattr(self, n, None) for n in names}}
+
+    def expand(self, model: nn.Module) -> list["MethodSpec"]:
+        """The plain specs this spec stands for; composites (UniPELT, MAM, S4 groups) return several."""
+        return [self]
+
+    def check(self, module: nn.Module, module_name: str) -> None:
+        """Raise ValueError if this spec cannot wrap `module` (the base module); called for every target
+        before the model is changed."""
 
     def wrap(self, module: nn.Module, module_name: str) -> PeftLayer:
+        """A new layer around `module` (a base module or, when stacking, another method's layer)."""
         raise NotImplementedError
+
+    def after_apply(self, model: nn.Module, layers: list[tuple[str, PeftLayer]]) -> None:
+        """Called once with the root model after all of this spec's layers are in place."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
@@ -73,36 +143,65 @@ def match(pattern: str, name: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
-def resolve_targets(model: nn.Module, spec: MethodSpec) -> list[str]:
-    """Module names the spec's patterns select. Every pattern must select at least one module of a type
-    the method can wrap; otherwise the error names the pattern and lists what it could have matched."""
+def logical_name(path: str) -> str:
+    """A module path with the wrappers' `base_layer` hops removed: the name patterns are matched against."""
+    return ".".join(part for part in path.split(".") if part != "base_layer")
+
+
+def layer_index(name: str) -> int | None:
+    """The first number in a module name: its layer (block) index; None for modules outside the layers."""
+    return next((int(part) for part in name.split(".") if part.isdigit()), None)
+
+
+def positions(model: nn.Module) -> dict[str, str]:
+    """Logical name -> path of the outermost module at that position, for every module a method may
+    target (base modules and their wrappers; never the inner parts of a method such as an adapter's
+    projections)."""
     modules = dict(model.named_modules())
-    # A module some method already wraps stays a candidate (judged by the module it wraps), so that
-    # targeting it again is reported as a clash between the two methods, not as a type mismatch.
-    candidates = [
-        n for n, m in modules.items()
-        if n and isinstance(getattr(m, "base_layer", m) if isinstance(m, PeftLayer) else m, spec.layer_types)
-        and not _inside_peft_layer(n, modules)
-    ]
+    found: dict[str, str] = {}
+    for path in modules:
+        if not path or _inside_method(path, modules):
+            continue
+        found.setdefault(logical_name(path), path)
+    return found
+
+
+def _inside_method(path: str, modules: dict[str, nn.Module]) -> bool:
+    parts = path.split(".")
+    return any(
+        isinstance(modules.get(".".join(parts[:i])), PeftLayer) and parts[i] != "base_layer" for i in range(1, len(parts))
+    )
+
+
+def count_layers(model: nn.Module) -> int:
+    """How many layers (blocks) the model has, by the layer indices in its module names."""
+    indices = {layer_index(n) for n in positions(model)}
+    indices.discard(None)
+    return max(indices) + 1 if indices else 0
+
+
+def resolve_targets(model: nn.Module, spec: MethodSpec, where: dict[str, str] | None = None) -> list[str]:
+    """Logical module names the spec's patterns select. Every pattern must select at least one module of a
+    type the method can wrap; otherwise the error names the pattern and lists what it could have matched."""
+    where = positions(model) if where is None else where
+    kinds = ", ".join(t.__name__ for t in spec.layer_types)
+    candidates = [n for n, path in where.items() if isinstance(raw_module(model.get_submodule(path)), spec.layer_types)]
+    if spec.layers is not None:
+        candidates = [n for n in candidates if layer_index(n) in spec.layers]
     selected: list[str] = []
     for pattern in spec.targets:
         hits = [n for n in candidates if match(pattern, n)]
         if not hits:
-            wrong_type = [n for n, m in modules.items() if n and match(pattern, n)]
-            kinds = ", ".join(t.__name__ for t in spec.layer_types)
-            why = (
-                f"it matches {wrong_type[:5]} but {spec.name} wraps only {kinds}"
-                if wrong_type
-                else f"it matches no module; {spec.name} can target ({kinds}): {_abbreviate(candidates)}"
-            )
+            named = [n for n in where if match(pattern, n)]
+            if spec.layers is not None and any(layer_index(n) is not None for n in named):
+                why = f"it matches no module of layers {spec.layers} that {spec.name} can wrap ({kinds}); the model has {count_layers(model)} layers"
+            elif named:
+                why = f"it matches {named[:5]} but {spec.name} wraps only {kinds}"
+            else:
+                why = f"it matches no module; {spec.name} can target ({kinds}): {_abbreviate(candidates)}"
             raise ValueError(f"{spec.name} target pattern {pattern!r}: {why}")
         selected += [h for h in hits if h not in selected]
     return selected
-
-
-def _inside_peft_layer(name: str, modules: dict[str, nn.Module]) -> bool:
-    parts = name.split(".")
-    return any(isinstance(modules.get(".".join(parts[:i])), PeftLayer) for i in range(1, len(parts)))
 
 
 def _abbreviate(names: list[str], limit: int = 12) -> str:
@@ -117,7 +216,16 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def peft_layers(model: nn.Module) -> list[tuple[str, PeftLayer]]:
+    """Every method layer with its module path (outer wrappers before the layers they wrap)."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PeftLayer)]
+
+
+def _chain(module: nn.Module) -> list[PeftLayer]:
+    layers = []
+    while isinstance(module, PeftLayer):
+        layers.append(module)
+        module = module.base_layer
+    return layers
 
 
 def freeze(model: nn.Module) -> None:
@@ -132,43 +240,64 @@ def apply(model: nn.Module, specs: list[MethodSpec], freeze_base: bool = True) -
     """Inject `specs` into `model` in place and return it. The base is frozen first (unless
     `freeze_base=False`), so afterwards exactly the methods' parameters are trainable.
 
-    All targets are resolved and checked before anything is changed: a bad pattern or two methods
-    claiming one module leave the model untouched."""
+    All targets are resolved and checked before anything is changed: a bad pattern, a bad
+    hyperparameter for a layer or one method twice on a module leave the model untouched."""
     for spec in specs:
         if not isinstance(spec, MethodSpec):
             raise TypeError(f"peft.apply expects method specs such as peft.LoRA(...), got {spec!r}; known methods: {sorted(METHODS)}")
-    claimed: dict[str, MethodSpec] = {n: _spec_of(m) for n, m in peft_layers(model)}
+    plain = [s for spec in specs for s in spec.expand(model)]
+    where = positions(model)
+    on_module: dict[str, list[MethodSpec]] = {
+        n: [_spec_of(layer) for layer in _chain(model.get_submodule(path))] for n, path in where.items()
+    }
     plan: list[tuple[MethodSpec, list[str]]] = []
-    for spec in specs:
-        names = resolve_targets(model, spec)
+    for spec in plain:
+        names = resolve_targets(model, spec, where)
         for n in names:
-            if n in claimed:
-                raise ValueError(f"methods clash on module {n!r}: {claimed[n]!r} and {spec!r} both target it")
-            claimed[n] = spec
+            other = next((s for s in on_module[n] if s.name == spec.name), None)
+            if other is not None:
+                raise ValueError(f"methods clash on module {n!r}: {other!r} and {spec!r} both put {spec.name} on it")
+            spec.check(raw_module(model.get_submodule(where[n])), n)
+            on_module[n].append(spec)
         plan.append((spec, names))
-    # Build every layer before changing the model, so a spec that fails to wrap (e.g. a rank larger
-    # than a layer) leaves the model as it was.
-    layers = [(n, spec.wrap(model.get_submodule(n), n), spec) for spec, names in plan for n in names]
     if freeze_base:
         freeze(model)
-    for n, layer, spec in layers:
-        layer.spec = spec
-        set_submodule(model, n, layer)
+    for spec in plain:
+        spec.apply_order = next(_apply_order)
+    for spec, names in plan:
+        added = [(n, _insert(model, where[n], n, spec)) for n in names]
+        spec.after_apply(model, added)
     return model
 
 
+def _insert(model: nn.Module, path: str, name: str, spec: MethodSpec) -> PeftLayer:
+    """Wrap the module at `path` (or the layer inside it where `spec.level` belongs) in spec's layer."""
+    module = model.get_submodule(path)
+    while isinstance(module, PeftLayer) and module.level > spec.level:
+        path, module = f"{path}.base_layer", module.base_layer
+    layer = spec.wrap(module, name)
+    layer.spec = spec
+    set_submodule(model, path, layer)
+    return layer
+
+
 def _spec_of(layer: PeftLayer) -> MethodSpec:
-    return getattr(layer, "spec", None) or MethodSpec([layer.method])
+    spec = getattr(layer, "spec", None)
+    if spec is None:
+        spec = MethodSpec.__new__(METHODS.get(layer.method, MethodSpec))
+        spec.targets, spec.layers = [], None
+    return spec
 
 
 def applied_specs(model: nn.Module) -> list[MethodSpec]:
-    """The distinct specs injected into `model`, in injection order."""
-    seen: list[MethodSpec] = []
+    """The distinct specs injected into `model`, in injection order (so re-applying them in this order
+    rebuilds the same nesting and parameter names)."""
+    seen: dict[int, MethodSpec] = {}
     for _, layer in peft_layers(model):
         spec = getattr(layer, "spec", None)
-        if spec is not None and all(spec is not s for s in seen):
-            seen.append(spec)
-    return seen
+        if spec is not None:
+            seen.setdefault(id(spec), spec)
+    return sorted(seen.values(), key=lambda s: getattr(s, "apply_order", 0))
 
 
 def spec_from_config(config: dict) -> MethodSpec:

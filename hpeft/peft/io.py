@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hpeft.peft.core import apply, applied_specs, peft_layers, set_submodule, spec_from_config
+from hpeft.peft.core import PeftLayer, apply, applied_specs, peft_layers, set_submodule, spec_from_config
 from hpeft.utils.atomic import atomic_write, atomic_write_json
 
 FORMAT_VERSION = 1
@@ -24,7 +24,21 @@ def _json_path(path: Path) -> Path:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    """The trainable parameters by name, with training-only parameterisations (a prefix's MLP) replaced
+    by what they compute, under the names the deployed layer uses."""
+    state = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for path, layer in peft_layers(model):
+        exported = layer.exported_state() if hasattr(layer, "exported_state") else None
+        if exported is not None:
+            for n, _ in layer.method_parameters():
+                state.pop(f"{path}.{n}", None)
+            state |= {f"{path}.{n}": t for n, t in exported.items()}
+    return {n: t.detach().contiguous().cpu() for n, t in state.items()}
+
+
+def _method_configs(model: nn.Module) -> list[dict]:
+    configs = [s.exported_config() if hasattr(s, "exported_config") else s.config() for s in applied_specs(model)]
+    return json.loads(json.dumps(configs))  # as adapter.json holds them (tuples as lists, keys as strings)
 
 
 def save(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
@@ -35,7 +49,7 @@ def save(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
         raise ValueError("the model has no trainable parameters to save; apply a PEFT method or unfreeze a part first")
     meta = {
         "format_version": FORMAT_VERSION,
-        "methods": [s.config() for s in applied_specs(model)],
+        "methods": _method_configs(model),
         "parameters": {n: list(t.shape) for n, t in tensors.items()},
         **(extra or {}),
     }
@@ -58,7 +72,7 @@ def load(model: nn.Module, path: str | Path) -> nn.Module:
         raise ValueError(f"the model already has adapters merged into its weights ({model.hpeft_merged}); "
                          f"load {path} into an unmerged base instead")
     wanted = meta["methods"]
-    present = [s.config() for s in applied_specs(model)]
+    present = _method_configs(model)
     if not present and wanted:
         apply(model, [spec_from_config(c) for c in wanted])
     elif present != wanted:
@@ -84,11 +98,17 @@ def load(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def merge(model: nn.Module) -> nn.Module:
-    """Fold every mergeable method into its base layer and put the base layer back in its place.
-    Methods that cannot be merged (prompts, adapters) stay as they are."""
-    merged = []
-    for name, layer in peft_layers(model):
-        if hasattr(layer, "merge") and hasattr(layer, "base_layer"):
+    """Fold every mergeable method (LoRA, IA3, BitFit) into the module it wraps and put that module back
+    in its place, innermost layers first, so stacked methods fold in the order they compute. Methods that
+    cannot be merged (prompts, prefixes, adapters) stay, and so do mergeable layers wrapped around them."""
+    merged: list[str] = []
+    while True:
+        ready = [(n, layer) for n, layer in peft_layers(model)
+                 if hasattr(layer, "merge") and getattr(layer, "mergeable", True)
+                 and not isinstance(layer.base_layer, PeftLayer)]
+        if not ready:
+            break
+        for name, layer in ready:
             layer.merge()
             set_submodule(model, name, layer.base_layer)
             merged.append(name)

@@ -1,6 +1,7 @@
 """LoRA (Hu et al. 2021): y = W x + (alpha / r) * B A x, with A random and B zero so training starts
 at the base model. rsLoRA (Kalajdzievski 2023) scales by alpha / sqrt(r) instead, which keeps the
-update's magnitude stable as the rank grows."""
+update's magnitude stable as the rank grows. `gated` scales the branch by a learned gate (UniPELT);
+`layer_ranks` gives some layers their own rank (per-layer allocation, see hybrid.allocate_ranks)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpeft.peft.core import MethodSpec, PeftLayer
+from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, is_transposed_linear, layer_index, linear_dims, raw_module, weight_options
+from hpeft.peft.gating import Gate
 
 
 class LoRALinear(PeftLayer):
     method = "lora"
+    level = 0
 
-    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float, rslora: bool):
+    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float, rslora: bool, gated: bool = False):
         super().__init__()
         self.base_layer = base_layer
         self.rank = rank
         self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
-        w = base_layer.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, dtype=w.dtype, device=w.device))
+        in_features, out_features = linear_dims(raw_module(base_layer))
+        opts = weight_options(base_layer)
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features, **opts))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, **opts))
         # Same init as the LoRA paper's reference code: Kaiming-uniform A, zero B.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.gate = Gate(in_features).to(**opts) if gated else None
         self.merged = False
+
+    @property
+    def mergeable(self) -> bool:
+        return self.gate is None  # a gate depends on the input, so a gated update has no fixed weight
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling
@@ -36,13 +45,18 @@ class LoRALinear(PeftLayer):
         y = self.base_layer(x)
         if self.merged:
             return y
-        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+        return y + (self.gate(x) * update if self.gate is not None else update)
 
     @torch.no_grad()
     def _shift(self, sign: float) -> None:
+        if self.gate is not None:
+            raise ValueError("a gated LoRA layer cannot be merged: its gate depends on the input")
         # In float32 whatever the weights' dtype, so that unmerge restores bf16/fp16 weights as closely as it can.
         w = self.base_layer.weight
-        w.copy_((w.float() + sign * (self.lora_B.float() @ self.lora_A.float()) * self.scaling).to(w.dtype))
+        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+        delta = delta.T if is_transposed_linear(self.base_layer) else delta
+        w.copy_((w.float() + sign * delta).to(w.dtype))
 
     def merge(self) -> None:
         """Fold B A into the base weight (outputs unchanged); `unmerge` undoes it."""
@@ -63,7 +77,8 @@ class LoRA(MethodSpec):
     """Low-rank adaptation of linear layers."""
 
     name = "lora"
-    layer_types = (nn.Linear,)
+    layer_types = (LinearLike,)
+    level = 0
 
     def __init__(
         self,
@@ -72,32 +87,49 @@ class LoRA(MethodSpec):
         alpha: float | None = None,
         dropout: float = 0.0,
         rslora: bool = False,
+        gated: bool = False,
+        layer_ranks: dict[int, int] | None = None,
+        layers: list[int] | None = None,
     ):
         """
         Args:
             rank: rank r of the update B A.
             targets: module-name patterns of the linear layers to adapt (see hpeft.peft.core).
             alpha: scale numerator; the update is scaled by alpha / r (or alpha / sqrt(r) with rslora).
-                Defaults to the rank, i.e. a scale of 1.
+                Defaults to the rank, i.e. a scale of 1. With layer_ranks, alpha / rank is kept per layer.
             dropout: dropout on the LoRA branch's input while training.
             rslora: use rank-stabilised scaling alpha / sqrt(r).
+            gated: scale the branch by a learned gate sigma(W x) of the layer input (UniPELT).
+            layer_ranks: rank per layer index, overriding `rank` for those layers.
+            layers: adapt only modules of these layer indices.
         """
         if rank < 1:
             raise ValueError(f"LoRA rank={rank} must be a positive integer")
+        for i, r in (layer_ranks or {}).items():
+            if int(r) < 1:
+                raise ValueError(f"LoRA layer_ranks[{i}]={r} must be a positive integer")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRA dropout={dropout} must be in [0, 1)")
-        if not targets:
-            raise ValueError("LoRA targets is empty; give module-name patterns such as ['q', 'v', 'ffn.0']")
-        super().__init__(targets)
+        super().__init__(targets, layers)
         self.rank, self.alpha, self.dropout, self.rslora = rank, float(rank if alpha is None else alpha), dropout, rslora
+        self.gated = gated
+        self.layer_ranks = None if layer_ranks is None else {int(i): int(r) for i, r in layer_ranks.items()}
+
+    def rank_for(self, module_name: str) -> int:
+        return (self.layer_ranks or {}).get(layer_index(module_name), self.rank)
+
+    def check(self, module: nn.Module, module_name: str) -> None:
+        rank, (i, o) = self.rank_for(module_name), linear_dims(module)
+        if rank > min(i, o):
+            raise ValueError(
+                f"LoRA rank={rank} exceeds the smaller side of {module_name} ({i}x{o}); valid ranks: 1..{min(i, o)}"
+            )
 
     def wrap(self, module: nn.Module, module_name: str) -> LoRALinear:
-        if self.rank > min(module.in_features, module.out_features):
-            raise ValueError(
-                f"LoRA rank={self.rank} exceeds the smaller side of {module_name} "
-                f"({module.in_features}x{module.out_features}); valid ranks: 1..{min(module.in_features, module.out_features)}"
-            )
-        return LoRALinear(module, self.rank, self.alpha, self.dropout, self.rslora)
+        rank = self.rank_for(module_name)
+        # alpha / rank stays the ratio of the spec's own rank when a layer gets another rank.
+        alpha = self.alpha * rank / self.rank
+        return LoRALinear(module, rank, alpha, self.dropout, self.rslora, self.gated)
 
     @staticmethod
     def parameter_count(in_features: int, out_features: int, rank: int) -> int:

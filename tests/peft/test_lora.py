@@ -106,7 +106,8 @@ def test_save_and_load_round_trip(tmp_path):
     out = model(x).detach()
     peft.save(model, tmp_path / "adapter.safetensors")
     meta = json.loads((tmp_path / "adapter.json").read_text())
-    assert meta["methods"] == [{"name": "lora", "rank": 2, "targets": ["q", "v"], "alpha": 2.0, "dropout": 0.0, "rslora": False}]
+    assert meta["methods"] == [{"name": "lora", "rank": 2, "targets": ["q", "v"], "alpha": 2.0, "dropout": 0.0, "rslora": False,
+                               "gated": False, "layer_ranks": None, "layers": None}]
     fresh = tiny()  # same base weights (seed 0), no methods yet: load applies them
     peft.load(fresh, tmp_path / "adapter.safetensors")
     assert torch.equal(fresh(x), out)

@@ -1,0 +1,104 @@
+"""Soft prompt tuning (Lester et al. 2021): `length` learned vectors put in front of the token
+embeddings. The target is the module that makes token embeddings: `embed` of hpeft's ChannelTransformer
+(whose head drops the prompt positions again), `wte`/`embed_tokens`/`word_embeddings` of transformers
+models. On a transformers model the attention mask (and, for decoder-only models, the labels) passed to
+the model are extended to cover the prompt, as HF peft does, so `model(input_ids, attention_mask=...,
+labels=...)` keeps working; the outputs then have `length` extra leading positions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hpeft.peft.core import MethodSpec, PeftLayer, raw_module, weight_options
+
+INITS = ("random", "vocab")
+
+
+def embedding_width(module: nn.Module) -> int | None:
+    """Width of the token embeddings `module` outputs (nn.Embedding, or any module with `embedding_dim`)."""
+    return getattr(raw_module(module), "embedding_dim", None)
+
+
+class PromptLayer(PeftLayer):
+    method = "prompt"
+    level = 2
+
+    def __init__(self, base_layer: nn.Module, length: int, init: str, init_std: float):
+        super().__init__()
+        self.base_layer = base_layer
+        raw = raw_module(base_layer)
+        self.prompt = nn.Parameter(torch.empty(length, embedding_width(raw), **weight_options(raw)))
+        with torch.no_grad():
+            if init == "vocab":
+                # Rows of the vocabulary's own embeddings, so prompts start among real token vectors.
+                ids = torch.randint(0, raw.num_embeddings, (length,))
+                self.prompt.copy_(raw.weight[ids.to(raw.weight.device)])
+            else:
+                self.prompt.normal_(0.0, init_std)
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        tokens = self.base_layer(*args, **kwargs)
+        return torch.cat([self.prompt.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
+
+
+class Prompt(MethodSpec):
+    """Soft prompt tuning: learned vectors in front of the input token embeddings."""
+
+    name = "prompt"
+    level = 2
+
+    def __init__(
+        self,
+        length: int = 20,
+        targets: list[str] = ["embed"],  # noqa: B006 - shown in --help
+        init: str = "random",
+        init_std: float = 0.02,
+    ):
+        """
+        Args:
+            length: number of soft prompt tokens.
+            targets: the token-embedding module: "embed" (ChannelTransformer), "wte" (GPT-2),
+                "embed_tokens" (Llama), "word_embeddings" (BERT/RoBERTa), "encoder.embed_tokens" (T5).
+            init: "random" (normal with std init_std) or "vocab" (copies of random vocabulary embeddings).
+            init_std: standard deviation of the random init.
+        """
+        if length < 1:
+            raise ValueError(f"prompt length={length} must be a positive integer")
+        if init not in INITS:
+            raise ValueError(f"prompt init={init!r}; valid inits: {list(INITS)}")
+        super().__init__(targets)
+        self.length, self.init, self.init_std = length, init, init_std
+
+    def check(self, module: nn.Module, module_name: str) -> None:
+        if embedding_width(module) is None:
+            raise ValueError(f"prompt target {module_name} ({type(module).__name__}) does not make token embeddings "
+                             f"(no embedding_dim); target the input embedding module")
+        if self.init == "vocab" and not isinstance(module, nn.Embedding):
+            raise ValueError(f"prompt init='vocab' needs a vocabulary (nn.Embedding), but {module_name} is "
+                             f"{type(module).__name__}; use init='random'")
+
+    def wrap(self, module: nn.Module, module_name: str) -> PromptLayer:
+        return PromptLayer(module, self.length, self.init, self.init_std)
+
+    def after_apply(self, model: nn.Module, layers: list[tuple[str, PeftLayer]]) -> None:
+        get_input = getattr(model, "get_input_embeddings", None)
+        if get_input is None or not any(layer is get_input() or layer.base_layer is get_input() for _, layer in layers):
+            return
+        length = self.length
+        pad_labels = not getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+
+        def extend_mask_and_labels(module, args, kwargs):
+            mask = kwargs.get("attention_mask")
+            if mask is not None and mask.dim() == 2:
+                kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], length), mask], dim=1)
+            labels = kwargs.get("labels")
+            if pad_labels and labels is not None:
+                kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], length), -100), labels], dim=1)
+            return args, kwargs
+
+        model.register_forward_pre_hook(extend_mask_and_labels, with_kwargs=True)
+
+    @staticmethod
+    def parameter_count(length: int, width: int) -> int:
+        return length * width
