@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpeft.peft.accounting import parameter_report
+from hpeft.peft.core import applied_specs
 from hpeft.train.efficiency import measure_flops
 
 
@@ -19,7 +20,7 @@ def inspect_model(module) -> dict:
         "task": module.task.name,
         "backbone": {"name": module.backbone_config.model_name, **module.backbone_config.as_dict()},
         "grid_shape": list(module.grid_shape),
-        "methods": [m.config() for m in module.methods],
+        "methods": [s.config() for s in applied_specs(module.model)],
         "params": report,
         "flops": measure_flops(module),
     }
@@ -39,17 +40,19 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         methods.add_column("method")
         methods.add_column("params", justify="right")
         methods.add_column("trainable", justify="right")
+        methods.add_column("deployed", justify="right")
         for m in p["methods"]:
-            methods.add_row(m["name"], f"{m['params']:,}", f"{m['trainable']:,}")
+            methods.add_row(m["name"], f"{m['params']:,}", f"{m['trainable']:,}", f"{m['deployed']:,}")
         if p["base_trainable"]:
-            methods.add_row("base (trainable)", f"{p['base_trainable']:,}", f"{p['base_trainable']:,}")
+            methods.add_row("base (trainable)", f"{p['base_trainable']:,}", f"{p['base_trainable']:,}", f"{p['base_trainable']:,}")
         console.print(methods)
         layers = Table(title="Per layer")
         layers.add_column("module")
         layers.add_column("method")
         layers.add_column("params", justify="right")
+        layers.add_column("deployed", justify="right")
         for row in p["layers"]:
-            layers.add_row(row["module"], row["method"], f"{row['params']:,}")
+            layers.add_row(row["module"], row["method"], f"{row['params']:,}", f"{row['deployed']:,}")
         console.print(layers)
     f = info["flops"]
     console.print(f"FLOPs per sample: forward {f['forward_per_sample']:,}, train step {f['train_step_per_sample']:,}")

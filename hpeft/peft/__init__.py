@@ -12,7 +12,7 @@ from hpeft.peft.accounting import parameter_report
 from hpeft.peft.adapter import Adapter
 from hpeft.peft.bitfit import BitFit
 from hpeft.peft.compacter import Compacter
-from hpeft.peft.core import METHODS, MethodSpec, PeftLayer, applied_specs, apply, count_layers, peft_layers
+from hpeft.peft.core import METHODS, MethodSpec, PeftLayer, applied_specs, apply, count_layers, peft_layers, remove
 from hpeft.peft.gating import gate_values
 from hpeft.peft.hybrid import MAM, S4, LoRAAdapter, UniPELT, allocate_ranks, layer_groups
 from hpeft.peft.ia3 import IA3
@@ -27,5 +27,5 @@ __all__ = [
     "MAM", "METHODS", "S4", "Adapter", "BitFit", "Compacter", "IA3", "LoRA", "LoRAAdapter", "LoRALinear",
     "MethodSpec", "PeftLayer", "Prefix", "Prompt", "SparseAdapter", "UniPELT", "allocate_ranks",
     "applied_specs", "apply", "count_layers", "gate_values", "layer_groups", "layer_scores", "load", "merge",
-    "module_importance", "parameter_report", "peft_layers", "save",
+    "module_importance", "parameter_report", "peft_layers", "remove", "save",
 ]

@@ -78,6 +78,17 @@ class PeftLayer(nn.Module):
         base_ids = {id(p) for p in self.base_layer.parameters()}
         return [(n, p) for n, p in self.named_parameters() if id(p) not in base_ids]
 
+    def method_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        """This method's own persistent buffers (e.g. SparseAdapter's masks): saved with its parameters."""
+        found = []
+        for module_name, module in self.named_modules():
+            if module_name == "base_layer" or module_name.startswith("base_layer."):
+                continue
+            for name, buf in module._buffers.items():
+                if buf is not None and name not in module._non_persistent_buffers_set:
+                    found.append((f"{module_name}.{name}" if module_name else name, buf))
+        return found
+
     def deployed_params(self, own: list[tuple[str, nn.Parameter]]) -> int:
         """How many of `own` (this layer's parameters, each counted once model-wide) a deployed model keeps:
         the non-zeros of a pruned weight, the flattened prefix of a reparameterised one."""
@@ -265,9 +276,21 @@ def apply(model: nn.Module, specs: list[MethodSpec], freeze_base: bool = True) -
     for spec in plain:
         spec.apply_order = next(_apply_order)
     for spec, names in plan:
-        added = [(n, _insert(model, where[n], n, spec)) for n in names]
+        added = [(n, _insert(model, real_path(model, n), n, spec)) for n in names]
         spec.after_apply(model, added)
     return model
+
+
+def real_path(model: nn.Module, name: str) -> str:
+    """Path of the outermost module at logical `name` now (wrappers inserted since may have moved it)."""
+    path, module = [], model
+    for part in name.split("."):
+        while isinstance(module, PeftLayer):
+            path.append("base_layer")
+            module = module.base_layer
+        path.append(part)
+        module = module._modules[part]
+    return ".".join(path)
 
 
 def _insert(model: nn.Module, path: str, name: str, spec: MethodSpec) -> PeftLayer:
@@ -279,6 +302,18 @@ def _insert(model: nn.Module, path: str, name: str, spec: MethodSpec) -> PeftLay
     layer.spec = spec
     set_submodule(model, path, layer)
     return layer
+
+
+def remove(model: nn.Module, specs: list[MethodSpec] | None = None) -> nn.Module:
+    """Take the layers of `specs` (default: every method) out of `model`, putting back what they wrapped.
+    Their parameters go with them; the base stays frozen."""
+    doomed = None if specs is None else {id(s) for s in specs}
+    while True:
+        found = next(((n, layer) for n, layer in peft_layers(model)
+                      if doomed is None or id(getattr(layer, "spec", None)) in doomed), None)
+        if found is None:
+            return model
+        set_submodule(model, found[0], found[1].base_layer)
 
 
 def _spec_of(layer: PeftLayer) -> MethodSpec:

@@ -26,7 +26,7 @@ def _json_path(path: Path) -> Path:
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The trainable parameters by name, with training-only parameterisations (a prefix's MLP) replaced
     by what they compute, under the names the deployed layer uses."""
-    state = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    state = {n: p for n, p in model.named_parameters() if p.requires_grad} | method_buffers(model)
     for path, layer in peft_layers(model):
         exported = layer.exported_state() if hasattr(layer, "exported_state") else None
         if exported is not None:
@@ -34,6 +34,10 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
                 state.pop(f"{path}.{n}", None)
             state |= {f"{path}.{n}": t for n, t in exported.items()}
     return {n: t.detach().contiguous().cpu() for n, t in state.items()}
+
+
+def method_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{path}.{n}": b for path, layer in peft_layers(model) for n, b in layer.method_buffers()}
 
 
 def _method_configs(model: nn.Module) -> list[dict]:
@@ -78,11 +82,12 @@ def load(model: nn.Module, path: str | Path) -> nn.Module:
     elif present != wanted:
         raise ValueError(f"adapter {path} was saved with methods {wanted}, but the model has {present}")
     tensors = load_file(str(path))
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) | method_buffers(model)
     missing = [n for n in tensors if n not in params]
     if missing:
         raise ValueError(f"adapter {path} holds parameters the model lacks (a base of another shape?): {missing[:5]}")
-    absent = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+    wanted_names = {n for n, p in model.named_parameters() if p.requires_grad} | set(method_buffers(model))
+    absent = sorted(n for n in wanted_names if n not in tensors)
     if absent:
         raise ValueError(f"adapter {path} lacks trainable parameters the model has (a base of another depth?): {absent[:5]}")
     for name, t in tensors.items():

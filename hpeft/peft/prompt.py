@@ -83,17 +83,41 @@ class Prompt(MethodSpec):
 
     def after_apply(self, model: nn.Module, layers: list[tuple[str, PeftLayer]]) -> None:
         get_input = getattr(model, "get_input_embeddings", None)
-        if get_input is None or not any(layer is get_input() or layer.base_layer is get_input() for _, layer in layers):
+        if get_input is None:
             return
+        config = getattr(model, "config", None)
+        encoder_decoder = getattr(config, "is_encoder_decoder", False)
+        inputs = [get_input()]
+        # T5's encoder.embed_tokens is its own module (tied to `shared`, which get_input_embeddings returns):
+        # a prompt on the encoder's embeddings also needs the mask extended.
+        if encoder_decoder and hasattr(model, "get_encoder"):
+            inputs.append(model.get_encoder().get_input_embeddings())
+        prompt_layer = next((layer for _, layer in layers if any(layer is e or layer.base_layer is e for e in inputs)), None)
+        if prompt_layer is None:
+            return
+        # By path, not the object, so that a deep copy of the model calls its own prompt layer.
+        prompt_path = next(p for p, m in model.named_modules() if m is prompt_layer)
         length = self.length
-        pad_labels = not getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+        pad_labels = not encoder_decoder
 
         def extend_mask_and_labels(module, args, kwargs):
+            # Embed here (prompt included) and pass inputs_embeds, as HF peft does: models that take the
+            # sequence length from input_ids (GPT-2 reshapes its output with it, BERT slices position and
+            # token-type ids with it) then see the prompt's length too. Without this GPT-2 returned wrongly
+            # shaped logits.
+            input_ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
+            if isinstance(input_ids, torch.Tensor) and kwargs.get("inputs_embeds") is None:
+                kwargs["inputs_embeds"] = module.get_submodule(prompt_path)(input_ids)
+                if "input_ids" in kwargs:
+                    kwargs["input_ids"] = None
+                else:
+                    args = (None, *args[1:])
             mask = kwargs.get("attention_mask")
             if mask is not None and mask.dim() == 2:
                 kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], length), mask], dim=1)
             labels = kwargs.get("labels")
-            if pad_labels and labels is not None:
+            # Per-token labels only ([batch, seq]); a sequence classifier's labels ([batch]) stay as they are.
+            if pad_labels and labels is not None and labels.dim() == 2:
                 kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], length), -100), labels], dim=1)
             return args, kwargs
 

@@ -1,5 +1,25 @@
 from hpeft.tasks.base import Hybrid
 from hpeft.tasks.channel import TASKS, ChannelEstimationTask
-from hpeft.tasks.variants import LoRAOnly, Pretrain
+from hpeft.tasks.variants import (
+    AdapterOnly,
+    BitFitOnly,
+    CompacterOnly,
+    HybridLoRAAdapter,
+    HybridMAM,
+    HybridPromptLoRA,
+    HybridS4,
+    HybridUniPELT,
+    IA3Only,
+    LoRAOnly,
+    PrefixOnly,
+    Preset,
+    Pretrain,
+    PromptOnly,
+    SparseAdapterOnly,
+)
 
-__all__ = ["TASKS", "ChannelEstimationTask", "Hybrid", "LoRAOnly", "Pretrain"]
+VARIANTS = [
+    "Pretrain", "LoRAOnly", "PromptOnly", "PrefixOnly", "AdapterOnly", "IA3Only", "BitFitOnly", "CompacterOnly",
+    "SparseAdapterOnly", "HybridPromptLoRA", "HybridUniPELT", "HybridMAM", "HybridLoRAAdapter", "HybridS4",
+]
+__all__ = ["TASKS", "VARIANTS", "ChannelEstimationTask", "Hybrid", "Preset", *VARIANTS]

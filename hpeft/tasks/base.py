@@ -35,6 +35,9 @@ class Hybrid(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         cosine_schedule: bool = True,
+        method_lr: dict[str, float] | None = None,
+        method_freeze_steps: dict[str, int] | None = None,
+        grad_clip_norm: float | None = None,
         grid_shape: tuple[int, int] = (14, 72),
     ):
         """
@@ -50,6 +53,10 @@ class Hybrid(L.LightningModule):
             weight_decay: AdamW weight decay.
             warmup_steps: linear learning-rate warm-up steps.
             cosine_schedule: decay the learning rate along a cosine to 0 over the run.
+            method_lr: learning rate per method name (e.g. {prompt: 0.01, lora: 0.001}); others use lr.
+            method_freeze_steps: per method name, how many first steps its parameters stay unchanged
+                (learning rate 0), e.g. {lora: 500} lets a prompt settle before LoRA trains.
+            grad_clip_norm: clip the gradients' global norm to this value before each step.
             grid_shape: data shape (symbols, subcarriers); linked from the data module by the CLI.
         """
         super().__init__()
@@ -58,6 +65,11 @@ class Hybrid(L.LightningModule):
         for name, value in (("lr", lr), ("weight_decay", weight_decay), ("warmup_steps", warmup_steps)):
             if value < 0 or (name == "lr" and value == 0):
                 raise ValueError(f"{name}={value} must be {'positive' if name == 'lr' else 'non-negative'}")
+        for name, value in {**(method_lr or {}), **{f"freeze {k}": v for k, v in (method_freeze_steps or {}).items()}}.items():
+            if value < 0 or (not name.startswith("freeze") and value == 0):
+                raise ValueError(f"method_lr / method_freeze_steps: {name}={value} must be positive (steps: non-negative)")
+        if grad_clip_norm is not None and grad_clip_norm <= 0:
+            raise ValueError(f"grad_clip_norm={grad_clip_norm} must be positive (or null for no clipping)")
         self.save_hyperparameters(ignore=["methods", "backbone"])
         self.backbone_config = backbone if backbone is not None else ChannelTransformerConfig()
         self.backbone_config.check(tuple(grid_shape))
@@ -72,6 +84,11 @@ class Hybrid(L.LightningModule):
                              f"this run has {[m.name for m in self.methods]}")
         train_base = not self.methods if train_base is None else train_base
         peft.apply(self.model, self.methods, freeze_base=not train_base)
+        present = {s.name for s in peft.applied_specs(self.model)}
+        for name in {**(method_lr or {}), **(method_freeze_steps or {})}:
+            if name not in present:
+                raise ValueError(f"method_lr / method_freeze_steps name a method {name!r} this model does not have; "
+                                 f"its methods: {sorted(present)}")
 
     # -- the loop -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,6 +105,8 @@ class Hybrid(L.LightningModule):
         every = trainer.log_every_n_steps if trainer is not None else 1
         if trainer is None or every <= 1 or (self.global_step + 1) % every == 0 or trainer.is_last_batch:
             self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["x"]))
+            for method, value in peft.gate_values(self.model).items():  # UniPELT's gates
+                self.log(f"gates/{method}", value, batch_size=len(batch["x"]))
         return loss
 
     def _evaluate(self, split: str, batch: dict) -> None:
@@ -106,12 +125,33 @@ class Hybrid(L.LightningModule):
         return self(self.task.inputs(batch))
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.prepare_methods()
         if stage == "fit" and not any(p.requires_grad for p in self.model.parameters()):
             raise ValueError("nothing to train: give PEFT methods or set train_base: true")
 
+    def prepare_methods(self) -> None:
+        """Called before training starts (data loaded, optimizer not yet made): variants that size their
+        methods from data (importance-based ranks) do it here."""
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.hparams.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], self.hparams.grad_clip_norm)
+
+    def parameter_groups(self) -> list[dict]:
+        """Trainable parameters grouped by method (each with its learning rate); the base's in "base"."""
+        owner = {id(p): layer.method for _, layer in peft.peft_layers(self.model) for _, p in layer.method_parameters()}
+        groups: dict[str, list] = {}
+        for p in self.parameters():
+            if p.requires_grad:
+                groups.setdefault(owner.get(id(p), "base"), []).append(p)
+        method_lr = self.hparams.method_lr or {}
+        return [{"params": ps, "lr": method_lr.get(name, self.hparams.lr), "name": name} for name, ps in groups.items()]
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        groups = self.parameter_groups()
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        freeze = self.hparams.method_freeze_steps or {}
         warmup = self.hparams.warmup_steps
         total = self.trainer.estimated_stepping_batches if self.hparams.cosine_schedule else 1
         if not math.isfinite(total):
@@ -127,7 +167,11 @@ class Hybrid(L.LightningModule):
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        def frozen_for(steps: int):
+            return lambda step: 0.0 if step < steps else factor(step)
+
+        # AdamW with a learning rate of 0 leaves a parameter exactly unchanged (weight decay scales with lr too).
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [frozen_for(freeze.get(g["name"], 0)) for g in groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- hooks for callbacks ----------------------------------------------------------------------
@@ -145,13 +189,14 @@ class Hybrid(L.LightningModule):
     def run_facts(self) -> dict:
         """What the run record needs to know about this module."""
         report = peft.parameter_report(self.model)
+        specs = peft.applied_specs(self.model)
         return {
             "task": self.task.name,
             "variant": type(self).__name__,
             "hparams": self.variant_hparams(),
             "backbone": {"name": self.backbone_config.model_name, **self.backbone_config.as_dict()},
             "methods": [
-                {**m, "config": next((s.config() for s in self.methods if s.name == m["name"]), {})}
+                {**m, "configs": [s.config() for s in specs if s.name == m["name"]]}
                 for m in report["methods"]
             ],
             "params": {k: report[k] for k in ("total", "trainable", "base", "trainable_pct")},

@@ -104,9 +104,11 @@ class EfficiencyMeter(L.Callback):
             self.figures["flops"] = measure_flops(pl_module)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        self._static_figures(pl_module)
+        if stage != "fit":  # for fit, on_fit_start: the module's own setup may still change its methods
+            self._static_figures(pl_module)
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        self._static_figures(pl_module)
         self._fit_start = time.perf_counter()
         self._log(trainer, {f"cost/flops_{k}": v for k, v in self.figures["flops"].items()}
                   | {f"cost/params_{k}": v for k, v in self.figures["params"].items()})
