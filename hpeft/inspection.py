@@ -20,6 +20,7 @@ def inspect_model(module) -> dict:
         "task": module.task.name,
         "backbone": {"name": module.backbone_config.model_name, **module.backbone_config.as_dict()},
         "grid_shape": list(module.grid_shape),
+        "hparams": module.variant_hparams(),
         "methods": [s.config() for s in applied_specs(module.model)],
         "params": report,
         "flops": measure_flops(module),

@@ -1,12 +1,14 @@
 """Every shipped config builds (model, methods, data module) and accounts its parameters exactly,
-without generating data or loading a base."""
+without generating data or loading a base. Built in-process (`hpeft inspect`'s own function) to keep
+the suite fast; tests/test_cli.py runs the real command."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_hpeft
+from hpeft.inspection import inspect_command
+from tests.conftest import REPO
 from tests.models.test_channel_transformer import expected_params
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -17,22 +19,48 @@ def lora_params(layers, d_model, d_ff, rank):
     return layers * rank * (2 * (d_model + d_model) + (d_model + d_ff))
 
 
+def expected_trainable(variant: str, hp: dict, b: dict) -> int | None:
+    """The trainable count by formula for the seed 000 table's variants (None: checked elsewhere)."""
+    d, layers, d_ff = b["d_model"], b["layers"], b["d_ff"]
+    if variant == "LoRAOnly":
+        return lora_params(layers, d, d_ff, hp["lora_rank"])
+    if variant == "PromptOnly":
+        return hp["prompt_length"] * d
+    if variant == "HybridPromptLoRA":
+        return hp["prompt_length"] * d + lora_params(layers, d, d_ff, hp["lora_rank"])
+    if variant == "AdapterOnly" and hp["adapter_kind"] == "houlsby":
+        m = hp["adapter_size"]
+        return layers * 2 * (2 * d * m + m + d)
+    return None
+
+
+def inspect(config: Path, capsys) -> dict:
+    inspect_command(["--config", str(config), "--json"])
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
-def test_config_builds_and_counts(config: Path, tmp_path):
-    result = run_hpeft(["inspect", "--config", str(config), "--json"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    info = json.loads(result.stdout.strip().splitlines()[-1])
+def test_config_builds_and_counts(config: Path, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    info = inspect(config, capsys)
     p, b = info["params"], info["backbone"]
     assert p["total"] == p["base"] + sum(m["params"] for m in p["methods"])
-    if info["variant"] == "LoRAOnly":
-        rank = info["methods"][0]["rank"]
-        assert p["trainable"] == lora_params(b["layers"], b["d_model"], b["d_ff"], rank)
+    assert p["trainable"] == sum(m["trainable"] for m in p["methods"]) + p["base_trainable"]
+    hp = info.get("hparams") or {}
+    expected = expected_trainable(info["variant"], hp, b)
+    if expected is not None:
+        assert p["trainable"] == expected
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data_cache").exists()
 
 
-def test_seed_scale_base_matches_the_seed_study_shape(tmp_path):
-    result = run_hpeft(["inspect", "--config", str(REPO / "configs/channel/pretrain.yaml"), "--json"], tmp_path)
-    info = json.loads(result.stdout.strip().splitlines()[-1])
+def test_seed_000_table_is_complete_for_inf_and_rma():
+    names = {p.stem for p in (REPO / "configs/channel").glob("*.yaml")}
+    for row in ("prompt", "lora", "adapter", "hybrid_s", "hybrid_m", "hybrid_l", "control_lora12", "control_prompt434"):
+        assert {f"{row}_inf", f"{row}_rma"} <= names, row
+
+
+def test_seed_scale_base_matches_the_seed_study_shape(capsys):
+    info = inspect(REPO / "configs/channel/pretrain.yaml", capsys)
     assert info["backbone"]["tokens"] == 256 and info["backbone"]["d_model"] == 128 and info["backbone"]["layers"] == 4
     assert info["grid_shape"] == [14, 768]
     b = info["backbone"]

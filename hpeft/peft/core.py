@@ -73,6 +73,17 @@ class PeftLayer(nn.Module):
     method: ClassVar[str] = ""
     level: ClassVar[int] = 0
 
+    # The wrapped base module's weight and bias, as HF peft's layers expose them: transformers code reads
+    # them off the modules it calls (T5's FFN casts its input to `self.wo.weight.dtype`), which failed with
+    # AttributeError once a method wrapped `wo`. A base without them raises AttributeError as before.
+    @property
+    def weight(self) -> torch.Tensor:
+        return raw_module(self.base_layer).weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return raw_module(self.base_layer).bias
+
     def method_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """This method's own parameters (not those of the module it wraps)."""
         base_ids = {id(p) for p in self.base_layer.parameters()}

@@ -5,7 +5,6 @@ except HybridLoRAAdapter's importance-based rank allocation, which needs data)."
 
 from __future__ import annotations
 
-import torch
 
 from hpeft import peft
 from hpeft.peft.adapter import KINDS as ADAPTER_KINDS
@@ -286,7 +285,7 @@ class HybridLoRAAdapter(Preset):
     With rank_allocation "importance", before training one batch of training data scores each layer
     by sum |W * dL/dW| of its LoRA-targeted weights and each layer gets a rank between min_rank and
     max_rank linear in its score (peft.allocate_ranks). The ranks are kept in the checkpoint, so a
-    resumed run keeps them, and in summary.json's hparams."""
+    resumed or tested checkpoint gets them back, and in summary.json's hparams."""
 
     def __init__(
         self,
@@ -329,26 +328,36 @@ class HybridLoRAAdapter(Preset):
     def prepare_methods(self) -> None:
         if self.flat["rank_allocation"] != "importance" or self.layer_ranks is not None:
             return
-        ckpt_path = self.trainer.ckpt_path if self._trainer is not None else None
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("hpeft_layer_ranks") if ckpt_path else None
-        if saved is not None:
-            self.layer_ranks = {int(k): v for k, v in saved["ranks"].items()}
-            self.importance = {int(k): v for k, v in saved["importance"].items()}
-        else:
-            batch = next(iter(self.trainer.datamodule.train_dataloader()))
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            lora = next(s for s in peft.applied_specs(self.model) if s.name == "lora")
-            targets = [n for n, layer in ((peft.core.logical_name(p), m) for p, m in peft.peft_layers(self.model)) if layer.spec is lora]
-            scores = peft.module_importance(self.model, lambda: self.training_loss(batch), names=targets)
-            self.importance = peft.layer_scores(scores)
-            self.layer_ranks = peft.allocate_ranks(self.importance, self.flat["min_rank"], self.flat["max_rank"])
-        lora = next(s for s in peft.applied_specs(self.model) if s.name == "lora")
+        batch = next(iter(self.trainer.datamodule.train_dataloader()))
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        lora = self._lora()
+        targets = [peft.core.logical_name(n) for n, layer in peft.peft_layers(self.model) if layer.spec is lora]
+        scores = peft.module_importance(self.model, lambda: self.training_loss(batch), names=targets)
+        importance = peft.layer_scores(scores)
+        self._use_ranks(peft.allocate_ranks(importance, self.flat["min_rank"], self.flat["max_rank"]), importance)
+
+    def _lora(self):
+        return next(s for s in peft.applied_specs(self.model) if s.name == "lora")
+
+    def _use_ranks(self, ranks: dict[int, int], importance: dict[int, float]) -> None:
+        """Re-inject LoRA with these per-layer ranks (before training, or from a checkpoint)."""
+        lora = self._lora()
         peft.remove(self.model, [lora])
-        peft.apply(self.model, [peft.LoRA(rank=lora.rank, targets=lora.targets, layer_ranks=self.layer_ranks)])
+        peft.apply(self.model, [peft.LoRA(rank=lora.rank, targets=lora.targets, layer_ranks=ranks)])
+        self.layer_ranks, self.importance = ranks, importance
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.layer_ranks is not None:
             checkpoint["hpeft_layer_ranks"] = {"ranks": self.layer_ranks, "importance": self.importance}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Runs before the weights are loaded (and, on resume, before the optimizer is made): the LoRA
+        # shapes must be the checkpoint's, whatever a new calibration in setup found.
+        saved = checkpoint.get("hpeft_layer_ranks")
+        if saved is not None:
+            ranks = {int(k): int(v) for k, v in saved["ranks"].items()}
+            if ranks != self.layer_ranks:
+                self._use_ranks(ranks, {int(k): float(v) for k, v in saved["importance"].items()})
 
     def variant_hparams(self) -> dict:
         return {**super().variant_hparams(), "layer_ranks": self.layer_ranks, "layer_importance": self.importance}
