@@ -1,45 +1,50 @@
 """PEFT methods: training step time and memory per method, hpeft's LoRA against HF peft's, merged inference.
 
-Everything runs in this process, as plain PyTorch (no Lightning), at a fixed torch intra-op thread count.
+Everything runs in this process as plain PyTorch (no Lightning), at a fixed torch intra-op thread count,
+on fixed random batches (values change no cost, so no data set is needed). A training step is: forward,
+loss, backward, AdamW step over the trainable parameters (lr 1e-3, no weight decay), zero_grad(set_to_none).
 
-1. Methods. ChannelTransformer (grid 14x72, tokens 36, d_model 128, 4 layers, 8 heads, d_ff 512), batch 32 of
-   random inputs and targets. One training step = forward, NMSE loss (error energy / target energy),
-   backward, AdamW step over the trainable parameters, zero_grad(set_to_none=True). Every method starts
-   from the same base weights. After a warm-up (which also creates AdamW's state), the methods run in
-   rounds: each round runs a block of steps of every method, in an order rotated every round, and keeps
-   the block's median step time. `x full` = median over rounds of (method / full fine-tuning in the same
-   round).
-   Memory: one more step per method under torch.profiler(profile_memory=True), outside the timed rounds.
-   The profiler sees every allocation and free of torch's CPU allocator; `step peak` is the highest
-   total of live bytes during that step above what was live when it began (activations saved for
-   backward, gradients, temporaries). `AdamW state` counts the optimizer's state tensors (kept between
-   steps). `train mem` = step peak + AdamW state: what training needs on top of the model and the batch.
-2. LoRA, hpeft vs HF peft: GPT-2 (transformers GPT2Model, n_layer 4, n_embd 256, n_head 4, vocab 1000,
+Timing (all three parts): the things compared run interleaved at the finest grain, one step (or one
+inference call) of each per *sweep*, in an order rotated every sweep and reversed every other cycle of
+rotations (see rounds_order), so all of them are sampled in the same stretch of time. A *round* is a few
+sweeps; each round gives every side's median step (call) time, wall clock and thread CPU time; a ratio
+is computed within each round and the reported ratio is the median over rounds.
+
+1. Methods. ChannelTransformer (grid 14x72, tokens 36, d_model 128, 4 layers, 8 heads, d_ff 512), batch 32,
+   NMSE loss (error energy / target energy). 15 models from the same base weights: full fine-tuning and
+   14 method configurations (method_specs). Two warm-up steps each (AdamW's state then exists), then one
+   step each under torch.profiler(profile_memory=True), outside the timed rounds: the profiler sees every
+   allocation and free of torch's CPU allocator, and `step peak` is the highest total of live bytes
+   during that step above what was live when it began (activations saved for backward, gradients,
+   temporaries). `AdamW state` counts the optimizer's state tensors (alive between steps).
+   `train mem` = step peak + AdamW state: what training needs on top of the model and the batch.
+2. LoRA, hpeft vs HF peft. GPT-2 (transformers GPT2Model: 4 layers, n_embd 256, 4 heads, vocab 1000,
    dropout 0, random init), batch 8 x 128 tokens, MSE of the last hidden state to a fixed random target.
-   Both sides: rank 8, alpha 8, no dropout, on c_attn (transformers' Conv1D: fan_in_fan_out), identical
-   base weights and LoRA weights (copied), so the outputs are checked to agree. Interleaved blocks
-   (HP, PH, ...), median step per block; `ratio hpeft/HF` = median of the per-round ratios. Goal <= 1.0.
-3. Merged inference: batch-1 forward latency (torch.inference_mode) of the base model, LoRA and IA3
-   unmerged and merged with peft.merge (their weights randomised first, so the merge changes the
-   weights and merged == unmerged outputs is checked), on the ChannelTransformer above and on the GPT-2
-   model (1 x 128 tokens). Rounds of blocks of calls, every variant in each round (rotated order),
-   the median call of each block; ratios to the base within a round, medians over rounds.
-   Goal: merged/base <= 1.01.
+   Both sides: rank 8, alpha 8, no dropout, on c_attn (transformers' Conv1D, fan_in_fan_out), the same base
+   weights and the same (non-zero) LoRA weights, checked to give the same outputs. A third side, a copy of
+   the hpeft model (A/A), gives the noise floor. Goal: hpeft/HF <= 1.0.
+3. Merged inference. Batch-1 forward latency (torch.inference_mode) of the base model, a copy of it (A/A),
+   LoRA and IA3 unmerged, and the same merged with peft.merge (weights randomised first, so merging changes
+   the weights; merged == unmerged outputs and no method layer left are checked), on the ChannelTransformer
+   above and on the GPT-2 model (1 x 128 tokens; HF peft's unmerged LoRA too, for reference). Each timed
+   call follows an untimed call of the same model (the previous model's call evicted its weights from
+   the caches). Goal: merged/base <= 1.01.
 
-    python -m benchmarks.peft_methods [--quick] [--threads N] [--repeats N] [--out-dir DIR]
+    python -m benchmarks.peft_methods [--quick] [--threads N] [--repeats N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
+import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
-
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop lines on stderr; set before its first use
 
 import torch
 from torch import nn
@@ -56,9 +61,21 @@ LORA_RANK = 8
 LORA_TARGETS = ["q", "v", "ffn.0"]
 
 GPT2 = {"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 1000, "n_positions": 128,
-        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "bos_token_id": 0, "eos_token_id": 0}
 GPT2_BATCH, GPT2_SEQ = 8, 128
 GPT2_LORA_TARGETS = ["c_attn"]
+
+# Rounds and interleaved steps (calls) per round of each part: full run, --quick.
+FULL = {
+    "methods": {"rounds": 7, "steps": 5, "warmup": 2},
+    "lora_vs_hf": {"rounds": 9, "steps": 5, "warmup": 2},
+    "inference": {"rounds": 9, "calls": 30, "gpt2_calls": 6},
+}
+QUICK = {
+    "methods": {"rounds": 3, "steps": 3, "warmup": 2},
+    "lora_vs_hf": {"rounds": 5, "steps": 3, "warmup": 2},
+    "inference": {"rounds": 5, "calls": 20, "gpt2_calls": 4},
+}
 
 GOAL_LORA = 1.0  # hpeft/HF step time
 GOAL_MERGED = 1.01  # merged/base latency
@@ -103,9 +120,9 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=LR, weight_decay=0.0)
         self.batch, self.loss_fn = batch, loss_fn
-        self.losses: list[float] = []
+        self.last_loss = torch.tensor(float("nan"))
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         x, target = self.batch
         loss = self.loss_fn(self.model(x), target)
         loss.backward()
@@ -113,16 +130,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def timed_block(self, steps: int) -> dict:
-        """`steps` steps; the median step time (ms) and the thread count seen inside the loop."""
-        gc.collect()
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            loss = self.step()
-            times.append(time.perf_counter() - t0)
-        self.losses.append(float(loss))
-        return {"ms": 1000.0 * median(times), "threads": torch.get_num_threads()}
+    def timed_step(self) -> tuple[float, float]:
+        """One step; its wall time and the thread's CPU time in seconds."""
+        t0, c0 = time.perf_counter(), time.thread_time()
+        loss = self.step()
+        elapsed = time.perf_counter() - t0, time.thread_time() - c0
+        self.last_loss = loss
+        return elapsed
 
     def trainable(self) -> int:
         return sum(p.numel() for p in self.params)
@@ -132,13 +146,28 @@ class Trainer:
                    for t in s.values() if torch.is_tensor(t))
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto writes a "profiler_start"/"profiler_stop" line to the process's stderr at every profile;
+    file descriptor 2 goes to /dev/null meanwhile (Python exceptions still propagate)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def step_memory(trainer: Trainer) -> dict:
     """One training step under torch.profiler(profile_memory=True): the peak of torch's live CPU bytes
     during the step above the bytes live when it started, and the bytes still live at its end."""
     from torch.profiler import ProfilerActivity, profile
 
     gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         trainer.step()
     events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e[0])  # stable: events with one timestamp keep the profiler's order
@@ -151,18 +180,48 @@ def step_memory(trainer: Trainer) -> dict:
     return {"step_peak_bytes": peak, "step_end_bytes": live, "memory_events": len(events)}
 
 
-def rounds_order(names: list[str], r: int) -> list[str]:
-    """Rotated by r, reversed on odd rounds: every name runs at every position, after different neighbours."""
-    k = r % len(names)
+def rounds_order(names: list[str], sweep: int) -> list[str]:
+    """The order of one sweep: rotated by `sweep`, and reversed in every other cycle of rotations, so each
+    name runs at every position and after different neighbours (with two names: AB, BA, BA, AB, ...)."""
+    n = len(names)
+    k = sweep % n
     order = names[k:] + names[:k]
-    return order[::-1] if r % 2 else order
+    return order[::-1] if (sweep // n) % 2 else order
 
 
-def check_threads(records, what: str) -> int:
-    seen = {rec["threads"] for rec in records}
+def interleaved(run_once: dict, rounds: int, per_round: int) -> list[dict]:
+    """`rounds` rounds of `per_round` sweeps; a sweep calls every `run_once[name]()` (which returns its
+    wall and thread CPU seconds) once, in the order of rounds_order. So all names are sampled in the same
+    stretch of time and other load on the machine hits them alike. Returns, per round, each name's
+    median wall ms ("ms") and median CPU ms ("cpu_ms"), and the thread count seen inside the loop."""
+    names = list(run_once)
+    out, sweep = [], 0
+    for _ in range(rounds):
+        wall: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
+        gc.collect()
+        for _ in range(per_round):
+            for n in rounds_order(names, sweep):
+                w, c = run_once[n]()
+                wall[n].append(w)
+                cpu[n].append(c)
+            sweep += 1
+        out.append({"ms": {n: 1000.0 * median(v) for n, v in wall.items()},
+                    "cpu_ms": {n: 1000.0 * median(v) for n, v in cpu.items()},
+                    "threads": torch.get_num_threads()})
+    return out
+
+
+def check_threads(rounds: list[dict], what: str) -> int:
+    seen = {rnd["threads"] for rnd in rounds}
     if len(seen) != 1:
-        raise RuntimeError(f"{what}: thread counts differ between timed blocks: {sorted(seen)}")
+        raise RuntimeError(f"{what}: thread counts differ between rounds: {sorted(seen)}")
     return seen.pop()
+
+
+def paired(rounds: list[dict], name: str, reference: str, key: str = "ms") -> float:
+    """Median over rounds of name / reference (each ratio from one round); key "cpu_ms" for CPU time."""
+    return median(rnd[key][name] / rnd[key][reference] for rnd in rounds)
 
 
 # ----------------------------------------------------------------------------------------------- 1. methods
@@ -185,14 +244,14 @@ def bench_methods(rounds: int, steps: int, warmup: int) -> dict:
 
     base = channel_base()
     batch = channel_batch(BATCH)
+    specs = method_specs()
     trainers: dict[str, Trainer] = {}
-    for name, specs in method_specs().items():
+    for name, method in specs.items():
         model = copy.deepcopy(base)
         torch.manual_seed(1)
-        if specs is not None:
-            peft.apply(model, specs)
+        if method is not None:
+            peft.apply(model, method)
         trainers[name] = Trainer(model, batch, nmse)
-    names = list(trainers)
     t0 = time.perf_counter()
     first_loss = {}
     for name, tr in trainers.items():  # warm-up: first-call costs, AdamW state
@@ -200,41 +259,45 @@ def bench_methods(rounds: int, steps: int, warmup: int) -> dict:
         for _ in range(warmup - 1):
             tr.step()
     memory = {name: step_memory(tr) for name, tr in trainers.items()}
-    log(f"[methods] warm-up and memory pass in {time.perf_counter() - t0:.1f} s; {rounds} rounds of {steps} steps "
-        f"x {len(names)} methods")
-    per_round: list[dict[str, dict]] = []
-    for r in range(rounds):
-        blocks = {name: trainers[name].timed_block(steps) for name in rounds_order(names, r)}
-        per_round.append(blocks)
-        log(f"[methods] round {r}: full {blocks['full fine-tuning']['ms']:.1f} ms, "
-            + ", ".join(f"{n} {b['ms']:.1f}" for n, b in blocks.items() if n != "full fine-tuning"))
-    threads = check_threads([b for rnd in per_round for b in rnd.values()], "methods")
+    log(f"[methods] warm-up and memory pass in {time.perf_counter() - t0:.1f} s; {rounds} rounds of {steps} sweeps "
+        f"over {len(trainers)} methods")
     full = "full fine-tuning"
+    t0 = time.perf_counter()
+    per_round = interleaved({n: tr.timed_step for n, tr in trainers.items()}, rounds, steps)
+    for r, rnd in enumerate(per_round):
+        log(f"[methods] round {r}: full {rnd['ms'][full]:.1f} ms; x full: "
+            + ", ".join(f"{n} {ms / rnd['ms'][full]:.2f}" for n, ms in rnd["ms"].items() if n != full))
+    log(f"[methods] timed rounds in {time.perf_counter() - t0:.1f} s")
+    threads = check_threads(per_round, "methods")
     rows = []
     for name, tr in trainers.items():
         opt_bytes = tr.optimizer_state_bytes()
         rows.append({
             "method": name,
-            "specs": None if method_specs()[name] is None else [repr(s) for s in method_specs()[name]],
+            "specs": None if specs[name] is None else [repr(s) for s in specs[name]],
             "trainable_params": tr.trainable(),
             "total_params": sum(p.numel() for p in tr.model.parameters()),
-            "step_ms": median(rnd[name]["ms"] for rnd in per_round),
-            "ratio_to_full": median(rnd[name]["ms"] / rnd[full]["ms"] for rnd in per_round),
-            "round_ms": [rnd[name]["ms"] for rnd in per_round],
+            "step_ms": median(rnd["ms"][name] for rnd in per_round),
+            "ratio_to_full": paired(per_round, name, full),
+            "cpu_ratio_to_full": paired(per_round, name, full, "cpu_ms"),
+            "round_ratios": [rnd["ms"][name] / rnd["ms"][full] for rnd in per_round],
             **memory[name],
             "optimizer_state_bytes": opt_bytes,
             "train_memory_bytes": memory[name]["step_peak_bytes"] + opt_bytes,
             "first_loss": first_loss[name],
-            "last_loss": tr.losses[-1],
+            "last_loss": float(tr.last_loss),
         })
+    broken = [r["method"] for r in rows if not math.isfinite(r["last_loss"])]
+    if broken:
+        raise RuntimeError(f"non-finite training loss: {broken}")
     full_row = rows[0]
     for row in rows:
         row["trainable_fraction"] = row["trainable_params"] / full_row["trainable_params"]
         row["memory_ratio_to_full"] = row["train_memory_bytes"] / full_row["train_memory_bytes"]
     return {
-        "model": {"backbone": BACKBONE, "grid": list(GRID), "batch": BATCH,
-                  "params": full_row["total_params"]},
-        "rounds": rounds, "steps_per_block": steps, "warmup_steps": warmup, "threads": threads,
+        "model": {"backbone": BACKBONE, "grid": list(GRID), "batch": BATCH, "params": full_row["total_params"],
+                  "param_bytes": sum(p.numel() * p.element_size() for p in base.parameters())},
+        "rounds": rounds, "sweeps_per_round": steps, "warmup_steps": warmup, "threads": threads,
         "rows": rows,
     }
 
@@ -277,7 +340,9 @@ def hf_lora_gpt2(base: nn.Module, like: nn.Module | None = None) -> nn.Module:
 
     config = hf_peft.LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, lora_dropout=0.0,
                                 target_modules=GPT2_LORA_TARGETS, fan_in_fan_out=True)
-    model = hf_peft.get_peft_model(copy.deepcopy(base), config)
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers method deprecated in 5.x
+        warnings.simplefilter("ignore", FutureWarning)
+        model = hf_peft.get_peft_model(copy.deepcopy(base), config)
     if like is not None:
         ours = dict(like.named_modules())
         with torch.no_grad():
@@ -308,7 +373,9 @@ def bench_lora_vs_hf(rounds: int, steps: int, warmup: int) -> dict:
     ours = hpeft_lora_gpt2(base)
     randomise_lora(ours)
     theirs = hf_lora_gpt2(base, like=ours)
-    sides = {"hpeft": Trainer(HiddenState(ours), (ids, target), mse), "HF peft": Trainer(HiddenState(theirs), (ids, target), mse)}
+    twin = copy.deepcopy(ours)  # A/A control: a second hpeft model; its ratio to the first is the noise floor
+    sides = {name: Trainer(HiddenState(m), (ids, target), mse)
+             for name, m in (("hpeft", ours), ("HF peft", theirs), ("hpeft (A/A)", twin))}
     with torch.no_grad():
         diff = float((sides["hpeft"].model(ids) - sides["HF peft"].model(ids)).abs().max())
     counts = {k: tr.trainable() for k, tr in sides.items()}
@@ -319,28 +386,28 @@ def bench_lora_vs_hf(rounds: int, steps: int, warmup: int) -> dict:
     for tr in sides.values():
         for _ in range(warmup):
             tr.step()
-    per_round = []
-    for r in range(rounds):
-        order = ("hpeft", "HF peft") if r % 2 == 0 else ("HF peft", "hpeft")
-        blocks = {side: sides[side].timed_block(steps) for side in order}
-        blocks["ratio"] = blocks["hpeft"]["ms"] / blocks["HF peft"]["ms"]
-        blocks["order"] = "".join("H" if s == "hpeft" else "P" for s in order)
-        per_round.append(blocks)
-        log(f"[methods] LoRA round {r} ({blocks['order']}): hpeft {blocks['hpeft']['ms']:.1f} ms, "
-            f"HF {blocks['HF peft']['ms']:.1f} ms, ratio {blocks['ratio']:.3f}")
-    threads = check_threads([rnd[s] for rnd in per_round for s in sides], "LoRA vs HF")
-    ratio = median(rnd["ratio"] for rnd in per_round)
-    hpeft_ms = median(rnd["hpeft"]["ms"] for rnd in per_round)
-    hf_ms = median(rnd["HF peft"]["ms"] for rnd in per_round)
+    t0 = time.perf_counter()
+    per_round = interleaved({side: tr.timed_step for side, tr in sides.items()}, rounds, steps)
+    for r, rnd in enumerate(per_round):
+        log(f"[methods] LoRA round {r}: hpeft {rnd['ms']['hpeft']:.1f} ms, HF {rnd['ms']['HF peft']:.1f} ms, "
+            f"ratio {rnd['ms']['hpeft'] / rnd['ms']['HF peft']:.3f} (A/A {rnd['ms']['hpeft (A/A)'] / rnd['ms']['hpeft']:.3f})")
+    log(f"[methods] LoRA vs HF peft rounds in {time.perf_counter() - t0:.1f} s")
+    threads = check_threads(per_round, "LoRA vs HF")
+    ratio = paired(per_round, "hpeft", "HF peft")
+    hpeft_ms = median(rnd["ms"]["hpeft"] for rnd in per_round)
+    hf_ms = median(rnd["ms"]["HF peft"] for rnd in per_round)
     return {
         "model": {"gpt2": GPT2, "batch": GPT2_BATCH, "seq": GPT2_SEQ, "params": sum(p.numel() for p in base.parameters())},
         "lora": {"rank": LORA_RANK, "alpha": LORA_RANK, "targets": GPT2_LORA_TARGETS, "fan_in_fan_out": True},
         "trainable_params": counts["hpeft"],
         "max_abs_output_diff": diff,
-        "rounds": rounds, "steps_per_block": steps, "warmup_steps": warmup, "threads": threads,
+        "rounds": rounds, "step_sweeps_per_round": steps, "warmup_steps": warmup, "threads": threads,
         "hpeft_step_ms": hpeft_ms, "hf_step_ms": hf_ms,
         "ratio": ratio, "ratio_of_medians": hpeft_ms / hf_ms,
-        "paired": [{"ratio": rnd["ratio"], "order": rnd["order"]} for rnd in per_round],
+        "cpu_ratio": paired(per_round, "hpeft", "HF peft", "cpu_ms"),
+        "round_ratios": [rnd["ms"]["hpeft"] / rnd["ms"]["HF peft"] for rnd in per_round],
+        "aa_ratio": paired(per_round, "hpeft (A/A)", "hpeft"),
+        "aa_round_ratios": [rnd["ms"]["hpeft (A/A)"] / rnd["ms"]["hpeft"] for rnd in per_round],
         "goal": GOAL_LORA, "meets_goal": ratio <= GOAL_LORA,
     }
 
@@ -352,7 +419,9 @@ def merged_variants(base: nn.Module, lora_spec, ia3_spec, example: torch.Tensor,
     """base, LoRA / IA3 unmerged and merged (randomised weights); the checks of each merge."""
     from hpeft import peft
 
-    variants = {"base": base}
+    # "base (A/A)": a second copy of the base. Its ratio to "base" is the noise floor: the run's noise plus
+    # the spread between two instances of one model (their weights' placement in memory: ~1-3% here).
+    variants = {"base": base, "base (A/A)": copy.deepcopy(base)}
     checks = {}
     for label, spec in (("LoRA", lora_spec), ("IA3", ia3_spec)):
         unmerged = peft.apply(copy.deepcopy(base), [spec()])
@@ -373,36 +442,35 @@ def merged_variants(base: nn.Module, lora_spec, ia3_spec, example: torch.Tensor,
     return variants, checks
 
 
-def time_calls(model: nn.Module, example: torch.Tensor, calls: int) -> dict:
-    gc.collect()
-    times = []
-    with torch.inference_mode():
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            model(example)
-            times.append(time.perf_counter() - t0)
-    return {"ms": 1000.0 * median(times), "threads": torch.get_num_threads()}
-
-
 def latency(variants: dict[str, nn.Module], example: torch.Tensor, rounds: int, calls: int) -> dict:
-    for m in variants.values():
-        m.eval()
-        time_calls(m, example, max(3, calls // 4))  # warm-up
-    names = list(variants)
-    per_round = [{n: time_calls(variants[n], example, calls) for n in rounds_order(names, r)} for r in range(rounds)]
-    threads = check_threads([b for rnd in per_round for b in rnd.values()], "inference")
-    rows = []
-    for n in names:
-        rows.append({
-            "variant": n,
-            "ms": median(rnd[n]["ms"] for rnd in per_round),
-            "ratio_to_base": median(rnd[n]["ms"] / rnd["base"]["ms"] for rnd in per_round),
-            "round_ratios": [rnd[n]["ms"] / rnd["base"]["ms"] for rnd in per_round],
-        })
-    return {"rounds": rounds, "calls_per_block": calls, "threads": threads, "rows": rows}
+    """Batch-1 forward latency of every variant: interleaved single calls (see `interleaved`), the median
+    call per round, ratios to the base within each round."""
+    def once(model):
+        def call() -> tuple[float, float]:
+            model(example)  # untimed: the previous variant's call evicted this one's weights from the caches
+            t0, c0 = time.perf_counter(), time.thread_time()
+            model(example)
+            return time.perf_counter() - t0, time.thread_time() - c0
+        return call
+
+    with torch.inference_mode():
+        for m in variants.values():
+            m.eval()
+            for _ in range(3):
+                m(example)  # warm-up
+        per_round = interleaved({n: once(m) for n, m in variants.items()}, rounds, calls)
+    threads = check_threads(per_round, "inference")
+    rows = [{
+        "variant": n,
+        "ms": median(rnd["ms"][n] for rnd in per_round),
+        "ratio_to_base": paired(per_round, n, "base"),
+        "cpu_ratio_to_base": paired(per_round, n, "base", "cpu_ms"),
+        "round_ratios": [rnd["ms"][n] / rnd["ms"]["base"] for rnd in per_round],
+    } for n in variants]
+    return {"rounds": rounds, "calls_per_round": calls, "threads": threads, "rows": rows}
 
 
-def bench_inference(rounds: int, calls: int) -> dict:
+def bench_inference(rounds: int, calls: int, gpt2_calls: int) -> dict:
     from hpeft import peft
 
     out = {}
@@ -423,7 +491,7 @@ def bench_inference(rounds: int, calls: int) -> dict:
     theirs = hf_lora_gpt2(gbase.model, like=variants["LoRA unmerged"].model)
     variants["HF peft LoRA unmerged"] = HiddenState(theirs)
     t0 = time.perf_counter()
-    out["GPT-2"] = {**latency(variants, ids, rounds, max(5, calls // 3)), "checks": checks, "input": [1, GPT2_SEQ],
+    out["GPT-2"] = {**latency(variants, ids, rounds, gpt2_calls), "checks": checks, "input": [1, GPT2_SEQ],
                     "lora_targets": GPT2_LORA_TARGETS, "ia3": "c_attn output, mlp.c_proj input"}
     log(f"[methods] GPT-2 batch-1 latency in {time.perf_counter() - t0:.1f} s")
     return out
@@ -433,16 +501,21 @@ def bench_inference(rounds: int, calls: int) -> dict:
 
 
 def run(out_dir: Path = DEFAULT_OUT, quick: bool = False, repeats: int | None = None, threads: int | None = None) -> dict:
+    """All three parts; returns their results (run.py writes them to results.json; nothing is written
+    here, `out_dir` is accepted for the common benchmark signature)."""
     threads = threads or DEFAULT_THREADS
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         t0 = time.perf_counter()
-        rounds = repeats or (3 if quick else 5)
-        result = {"threads": threads, "quick": quick}
-        result["methods"] = bench_methods(rounds=rounds, steps=3 if quick else 5, warmup=2)
-        result["lora_vs_hf"] = bench_lora_vs_hf(rounds=max(rounds, 4 if quick else 8), steps=4 if quick else 6, warmup=2)
-        result["inference"] = bench_inference(rounds=max(rounds, 5 if quick else 9), calls=30 if quick else 60)
+        plan = QUICK if quick else FULL
+        if repeats:  # --repeats sets the number of rounds of all three parts
+            plan = {part: {**settings, "rounds": repeats} for part, settings in plan.items()}
+        result = {"threads": threads, "quick": quick, "plan": plan, "load_average_1min": {}}
+        for part, bench in (("methods", bench_methods), ("lora_vs_hf", bench_lora_vs_hf), ("inference", bench_inference)):
+            load_start = os.getloadavg()[0]
+            result[part] = bench(**plan[part])
+            result["load_average_1min"][part] = [load_start, os.getloadavg()[0]]  # at the part's start and end
         result["wall_seconds"] = time.perf_counter() - t0
         return result
     finally:
@@ -458,25 +531,29 @@ def tables(result: dict) -> list:
 
     m = result["methods"]
     b = m["model"]["backbone"]
-    t = Table(title=f"PEFT methods: train step on ChannelTransformer (tokens {b['tokens']}, d_model {b['d_model']}, "
-                    f"{b['layers']} layers, d_ff {b['d_ff']}; {m['model']['params'] / 1e6:.2f} M params), batch "
-                    f"{m['model']['batch']}, median of {m['rounds']} rounds x {m['steps_per_block']} steps, "
-                    f"{m['threads']} thread(s)")
-    for col, just in (("method", "left"), ("trainable", "right"), ("% of full", "right"), ("step ms", "right"),
-                      ("x full", "right"), ("step peak MB", "right"), ("AdamW state MB", "right"),
-                      ("train mem MB", "right"), ("mem x full", "right")):
-        t.add_column(col, justify=just)
+    t = Table(title=f"PEFT methods, train step: ChannelTransformer (tokens {b['tokens']}, d_model {b['d_model']}, "
+                    f"{b['layers']} layers, {b['heads']} heads, d_ff {b['d_ff']}; {m['model']['params']:,} params), batch "
+                    f"{m['model']['batch']}; median of {m['rounds']} rounds x {m['sweeps_per_round']} interleaved "
+                    f"steps, {m['threads']} thread(s)")
+    for col in ("method", "trainable", "% of full", "step ms", "x full", "CPU x full"):
+        t.add_column(col, justify="left" if col == "method" else "right")
     for row in m["rows"]:
         t.add_row(row["method"], f"{row['trainable_params']:,}", f"{100 * row['trainable_fraction']:.2f}",
-                  f"{row['step_ms']:.1f}", f"{row['ratio_to_full']:.2f}", _mb(row["step_peak_bytes"]),
-                  _mb(row["optimizer_state_bytes"]), _mb(row["train_memory_bytes"]), f"{row['memory_ratio_to_full']:.2f}")
+                  f"{row['step_ms']:.1f}", f"{row['ratio_to_full']:.2f}", f"{row['cpu_ratio_to_full']:.2f}")
+    mt = Table(title=f"PEFT methods, training memory (torch CPU allocator, one profiled step; the model's "
+                     f"{m['model']['param_bytes'] / 2**20:.1f} MB of parameters and the batch not counted)")
+    for col in ("method", "step peak MB", "AdamW state MB", "train mem MB", "x full"):
+        mt.add_column(col, justify="left" if col == "method" else "right")
+    for row in m["rows"]:
+        mt.add_row(row["method"], _mb(row["step_peak_bytes"]), _mb(row["optimizer_state_bytes"]),
+                   _mb(row["train_memory_bytes"]), f"{row['memory_ratio_to_full']:.2f}")
 
     h = result["lora_vs_hf"]
     g = h["model"]["gpt2"]
     lt = Table(title=f"LoRA train step, hpeft vs HF peft: GPT-2 ({g['n_layer']} layers, n_embd {g['n_embd']}, vocab "
                      f"{g['vocab_size']}), batch {h['model']['batch']} x {h['model']['seq']}, r {h['lora']['rank']} on "
-                     f"{', '.join(h['lora']['targets'])}; {h['rounds']} interleaved rounds x {h['steps_per_block']} steps, "
-                     f"{h['threads']} thread(s)")
+                     f"{', '.join(h['lora']['targets'])}; {h['rounds']} rounds x {h['step_sweeps_per_round']} "
+                     f"interleaved steps of each side, {h['threads']} thread(s)")
     lt.add_column("metric")
     lt.add_column("value", justify="right")
     lt.add_column("note")
@@ -485,27 +562,31 @@ def tables(result: dict) -> list:
     verdict = "[green]meets[/]" if h["meets_goal"] else "[red]above[/]"
     lt.add_row("ratio hpeft/HF", f"{h['ratio']:.3f}", f"median of paired ratios; {verdict} goal <= {h['goal']}")
     lt.add_row("ratio of medians", f"{h['ratio_of_medians']:.3f}", "median hpeft ms / median HF ms")
-    lt.add_row("paired ratios", ", ".join(f"{p['ratio']:.3f}{p['order']}" for p in h["paired"]),
-               "HP = hpeft ran first, PH = HF first")
+    lt.add_row("CPU-time ratio", f"{h['cpu_ratio']:.3f}", "same, thread CPU time: less sensitive to other load")
+    lt.add_row("paired ratios", ", ".join(f"{r:.3f}" for r in h["round_ratios"]), "one per round")
+    lt.add_row("A/A ratio", f"{h['aa_ratio']:.3f}",
+               "a second hpeft copy / hpeft: the noise floor; read ratio hpeft/HF against it")
 
-    out = [t, lt]
+    out = [t, mt, lt]
     for model_name, rec in result["inference"].items():
-        it = Table(title=f"Batch-1 inference latency, {model_name} (input {'x'.join(map(str, rec['input']))}), "
-                         f"median of {rec['rounds']} rounds x {rec['calls_per_block']} calls, {rec['threads']} thread(s)")
-        it.add_column("variant")
-        it.add_column("ms", justify="right")
-        it.add_column("x base", justify="right")
-        it.add_column("note")
+        it = Table(title=f"Batch-1 inference latency, {model_name} (input {'x'.join(map(str, rec['input']))}); "
+                         f"median of {rec['rounds']} rounds x {rec['calls_per_round']} interleaved calls, "
+                         f"{rec['threads']} thread(s)")
+        for col in ("variant", "ms", "x base", "CPU x base", "note"):
+            it.add_column(col, justify="left" if col in ("variant", "note") else "right")
         for row in rec["rows"]:
             note = ""
             if row["variant"].endswith(" merged"):
                 ok = row["ratio_to_base"] <= GOAL_MERGED
                 c = rec["checks"][row["variant"].split()[0]]
                 note = (f"{'[green]meets[/]' if ok else '[red]above[/]'} goal <= {GOAL_MERGED}; "
-                        f"|merged - unmerged| {c['max_abs_diff_merged_vs_unmerged']:.1e}")
+                        f"max |merged - unmerged| {c['max_abs_diff_merged_vs_unmerged']:.0e}")
             elif row["variant"].endswith("unmerged"):
                 note = "overhead of the unmerged layers"
-            it.add_row(row["variant"], f"{row['ms']:.3f}", f"{row['ratio_to_base']:.3f}", note)
+            elif row["variant"] == "base (A/A)":
+                note = "a copy of the base: this run's noise floor"
+            it.add_row(row["variant"], f"{row['ms']:.2f}", f"{row['ratio_to_base']:.3f}",
+                       f"{row['cpu_ratio_to_base']:.3f}", note)
         out.append(it)
     return out
 
@@ -513,14 +594,13 @@ def tables(result: dict) -> list:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out-dir", type=str, default=str(DEFAULT_OUT))
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="rounds of every part (default: FULL / QUICK)")
     args = parser.parse_args(argv)
     from rich.console import Console
 
     console = Console()
-    for t in tables(run(Path(args.out_dir), quick=args.quick, repeats=args.repeats, threads=args.threads)):
+    for t in tables(run(quick=args.quick, repeats=args.repeats, threads=args.threads)):
         console.print(t)
     return 0
 

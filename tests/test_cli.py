@@ -102,6 +102,9 @@ def test_inspect_json_counts_without_training(tmp_path, cache_dir):
     (["--model.init_args.base_checkpoint", "missing.safetensors"], ["missing.safetensors", "pretrain"]),
     (["--experiment", "a/b"], ["experiment='a/b'"]),
     (["--model", "hpeft.Hybrid", "--model.init_args.train_base", "false"], ["nothing to train"]),
+    (["--model", "hpeft.HybridPromptLoRA", "--model.init_args.prompt_length", "0"], ["prompt length=0"]),
+    (["--model", "hpeft.AdapterOnly", "--model.init_args.adapter_kind", "serial"], ["kind='serial'", "houlsby"]),
+    (["--model", "hpeft.HybridS4"], ["cannot split 2 layers into 4 groups"]),
 ])
 def test_bad_input_fails_before_any_data_or_run_dir(tmp_path, override, expected):
     fresh_cache = tmp_path / "cache"

@@ -15,8 +15,9 @@ def _method_label(summary: dict) -> str:
         return "base, full training" if summary.get("trained_steps", 0) > 0 else "base, no transfer"
     parts = []
     for m in methods:
-        cfg = m.get("config", {})
-        parts.append(f"{m['name']} r={cfg['rank']}" if "rank" in cfg else m["name"])
+        configs = m.get("configs") or [m.get("config") or {}]  # "config" in records written before 0.2
+        ranks = sorted({c["rank"] for c in configs if "rank" in c})
+        parts.append(f"{m['name']} r={'/'.join(map(str, ranks))}" if ranks else m["name"])
     return " + ".join(parts)
 
 
