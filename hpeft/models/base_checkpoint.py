@@ -37,4 +37,9 @@ def load_base(model: nn.Module, config: BackboneConfig, grid_shape: tuple[int, i
     if (saved["backbone"], strip(saved["config"]), saved["grid_shape"]) != (wanted["backbone"], strip(wanted["config"]), wanted["grid_shape"]):
         raise ValueError(f"base checkpoint {path} holds {saved}, but this run builds {wanted}; "
                          "use the same backbone settings and data grid as the pretraining run")
-    model.load_state_dict(load_file(str(path)))
+    state = load_file(str(path))
+    if "pos" in state and "embed.weight" in state and "embed.proj.weight" in model.state_dict():
+        # Written before the token embedding became its own module (hpeft 0.1): same weights, other names.
+        state = {{"pos": "embed.pos", "embed.weight": "embed.proj.weight", "embed.bias": "embed.proj.bias"}.get(k, k): v
+                 for k, v in state.items()}
+    model.load_state_dict(state)

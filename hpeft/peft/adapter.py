@@ -131,6 +131,9 @@ class Adapter(MethodSpec):
         config["targets"] = self.targets  # the resolved default, so a reload targets the same modules
         return config
 
+    def start_apply(self) -> None:
+        self._shared = {}
+
     def bottleneck_size(self, out_features: int) -> int:
         return self.size if self.size is not None else max(1, round(out_features / self.reduction_factor))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, linear_dims, raw_module, weight_options
+from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, linear_dims, raw_module, require_unstacked, weight_options
 
 
 def output_features(module: nn.Module) -> int:
@@ -38,6 +38,7 @@ class BitFitLayer(PeftLayer):
 
     @torch.no_grad()
     def merge(self) -> None:
+        require_unstacked(self)
         base = self.base_layer
         if getattr(base, "bias", None) is None:
             base.bias = nn.Parameter(self.bias_delta.detach().clone(), requires_grad=False)

@@ -81,6 +81,9 @@ class Compacter(Adapter):
         self.kind, self.phm_dim, self.phm_rank = kind, phm_dim, phm_rank
         self._rules: dict[bool, nn.Parameter] = {}
 
+    def start_apply(self) -> None:
+        self._rules = {}
+
     def bottleneck_size(self, out_features: int) -> int:
         if self.size is not None:
             return self.size

@@ -18,7 +18,11 @@ Stacking. Several different methods may wrap one module (UniPELT puts LoRA and a
 same method twice on one module is a clash. Wrappers nest by `level`, whatever the order they were
 applied in: weight-level methods (LoRA, IA3, BitFit: level 0) sit next to the base module, output-level
 ones (adapters: 1) around them, and sequence-level ones (prompt, prefix: 2), which change the output's
-length, outermost. Merging then folds the innermost layers first (see io.merge).
+length, outermost; within a level, the later method wraps the earlier. Merging then folds the innermost
+layers first (see io.merge).
+
+Specs that share modules across the layers they make (Adapter(shared=True), Compacter's rules) start
+afresh on each `apply`, so one spec object applied to two models gives two independent sets.
 """
 
 from __future__ import annotations
@@ -106,6 +110,13 @@ class PeftLayer(nn.Module):
         return sum(p.numel() for _, p in own)
 
 
+def require_unstacked(layer: "PeftLayer") -> None:
+    """Merging folds into the module directly under the layer; peft.merge folds innermost layers first."""
+    if isinstance(layer.base_layer, PeftLayer):
+        raise ValueError(f"{layer.method} wraps another method's layer ({layer.base_layer.method}); merge with "
+                         f"peft.merge(model), which folds the innermost layers first")
+
+
 def raw_module(module: nn.Module) -> nn.Module:
     """The base module under any number of PEFT wrappers."""
     while isinstance(module, PeftLayer):
@@ -136,6 +147,10 @@ class MethodSpec:
         """The spec as plain data (for adapter.json, summary.json and the W&B config)."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "kwargs")]
         return {"name": self.name, **{n: getattr(self, n, None) for n in names}}
+
+    def start_apply(self) -> None:
+        """Called when `apply` begins using this spec: forget state kept from an earlier model (modules
+        shared across the layers of one model must not be shared with another)."""
 
     def expand(self, model: nn.Module) -> list["MethodSpec"]:
         """The plain specs this spec stands for; composites (UniPELT, MAM, S4 groups) return several."""
@@ -286,6 +301,7 @@ def apply(model: nn.Module, specs: list[MethodSpec], freeze_base: bool = True) -
         freeze(model)
     for spec in plain:
         spec.apply_order = next(_apply_order)
+        spec.start_apply()
     for spec, names in plan:
         added = [(n, _insert(model, real_path(model, n), n, spec)) for n in names]
         spec.after_apply(model, added)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, is_transposed_linear, linear_dims, match, raw_module, weight_options
+from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, is_transposed_linear, linear_dims, match, raw_module, require_unstacked, weight_options
 
 
 class IA3Linear(PeftLayer):
@@ -30,6 +30,7 @@ class IA3Linear(PeftLayer):
 
     @torch.no_grad()
     def merge(self) -> None:
+        require_unstacked(self)
         base = self.base_layer
         w = base.weight  # [out, in] for nn.Linear, [in, out] for Conv1D
         in_axis = 0 if is_transposed_linear(base) else 1

@@ -85,7 +85,9 @@ def load(model: nn.Module, path: str | Path) -> nn.Module:
     params = dict(model.named_parameters()) | method_buffers(model)
     missing = [n for n in tensors if n not in params]
     if missing:
-        raise ValueError(f"adapter {path} holds parameters the model lacks (a base of another shape?): {missing[:5]}")
+        hint = ("; a prefix is saved flattened, so load it into Prefix(reparam_hidden=0)"
+                if any(n.endswith(".prefix") for n in missing) else " (a base of another shape?)")
+        raise ValueError(f"adapter {path} holds parameters the model lacks{hint}: {missing[:5]}")
     wanted_names = {n for n, p in model.named_parameters() if p.requires_grad} | set(method_buffers(model))
     absent = sorted(n for n in wanted_names if n not in tensors)
     if absent:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, is_transposed_linear, layer_index, linear_dims, raw_module, weight_options
+from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, is_transposed_linear, layer_index, linear_dims, raw_module, require_unstacked, weight_options
 from hpeft.peft.gating import Gate
 
 
@@ -54,6 +54,7 @@ class LoRALinear(PeftLayer):
     def _shift(self, sign: float) -> None:
         if self.gate is not None:
             raise ValueError("a gated LoRA layer cannot be merged: its gate depends on the input")
+        require_unstacked(self)
         # In float32 whatever the weights' dtype, so that unmerge restores bf16/fp16 weights as closely as it can.
         w = self.base_layer.weight
         delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
@@ -98,7 +99,7 @@ class LoRA(MethodSpec):
             rank: rank r of the update B A.
             targets: module-name patterns of the linear layers to adapt (see hpeft.peft.core).
             alpha: scale numerator; the update is scaled by alpha / r (or alpha / sqrt(r) with rslora).
-                Defaults to the rank, i.e. a scale of 1. With layer_ranks, alpha / rank is kept per layer.
+                Defaults to the rank, i.e. a scale of 1. Layers with their own rank keep this alpha.
             dropout: dropout on the LoRA branch's input while training.
             rslora: use rank-stabilised scaling alpha / sqrt(r).
             gated: scale the branch by a learned gate sigma(W x) of the layer input (UniPELT).
@@ -128,10 +129,9 @@ class LoRA(MethodSpec):
             )
 
     def wrap(self, module: nn.Module, module_name: str) -> LoRALinear:
-        rank = self.rank_for(module_name)
-        # alpha / rank stays the ratio of the spec's own rank when a layer gets another rank.
-        alpha = self.alpha * rank / self.rank
-        return LoRALinear(module, rank, alpha, self.dropout, self.rslora, self.gated)
+        # alpha stays the spec's for every layer, as with HF peft's rank_pattern: a layer given a larger rank
+        # gets a smaller scale alpha / r (alpha / sqrt(r) with rslora).
+        return LoRALinear(module, self.rank_for(module_name), self.alpha, self.dropout, self.rslora, self.gated)
 
     @staticmethod
     def parameter_count(in_features: int, out_features: int, rank: int) -> int:

@@ -101,13 +101,19 @@ class Prompt(MethodSpec):
         pad_labels = not encoder_decoder
 
         def extend_mask_and_labels(module, args, kwargs):
+            try:
+                prompt = module.get_submodule(prompt_path)
+            except AttributeError:
+                prompt = None
+            if not isinstance(prompt, PromptLayer):  # removed since (peft.remove): nothing to extend
+                return args, kwargs
             # Embed here (prompt included) and pass inputs_embeds, as HF peft does: models that take the
             # sequence length from input_ids (GPT-2 reshapes its output with it, BERT slices position and
             # token-type ids with it) then see the prompt's length too. Without this GPT-2 returned wrongly
             # shaped logits.
             input_ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
             if isinstance(input_ids, torch.Tensor) and kwargs.get("inputs_embeds") is None:
-                kwargs["inputs_embeds"] = module.get_submodule(prompt_path)(input_ids)
+                kwargs["inputs_embeds"] = prompt(input_ids)
                 if "input_ids" in kwargs:
                     kwargs["input_ids"] = None
                 else:
@@ -121,7 +127,11 @@ class Prompt(MethodSpec):
                 kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], length), -100), labels], dim=1)
             return args, kwargs
 
-        model.register_forward_pre_hook(extend_mask_and_labels, with_kwargs=True)
+        # One hook per prompt path: applying a prompt again after peft.remove must not extend the mask twice.
+        hooked = model.__dict__.setdefault("_hpeft_prompt_hooks", set())
+        if prompt_path not in hooked:
+            hooked.add(prompt_path)
+            model.register_forward_pre_hook(extend_mask_and_labels, with_kwargs=True)
 
     @staticmethod
     def parameter_count(length: int, width: int) -> int:

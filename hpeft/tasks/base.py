@@ -54,8 +54,9 @@ class Hybrid(L.LightningModule):
             warmup_steps: linear learning-rate warm-up steps.
             cosine_schedule: decay the learning rate along a cosine to 0 over the run.
             method_lr: learning rate per method name (e.g. {prompt: 0.01, lora: 0.001}); others use lr.
-            method_freeze_steps: per method name, how many first steps its parameters stay unchanged
-                (learning rate 0), e.g. {lora: 500} lets a prompt settle before LoRA trains.
+            method_freeze_steps: per method name, how many first steps its parameters stay unchanged (their
+                gradients are dropped; the optimizer state starts when they start), e.g. {lora: 500} lets a
+                prompt settle before LoRA trains.
             grad_clip_norm: clip the gradients' global norm to this value before each step.
             grid_shape: data shape (symbols, subcarriers); linked from the data module by the CLI.
         """
@@ -135,8 +136,16 @@ class Hybrid(L.LightningModule):
         methods from data (importance-based ranks) do it here."""
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        # A method still frozen drops its gradients: AdamW then neither moves it nor builds moments for it,
+        # so it starts fresh when its freeze ends, and its gradients do not count towards clipping.
+        step, freeze = self.trainer.global_step, self.hparams.method_freeze_steps or {}
+        for group in optimizer.param_groups:
+            if step < freeze.get(group.get("name"), 0):
+                for p in group["params"]:
+                    p.grad = None
         if self.hparams.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], self.hparams.grad_clip_norm)
+            grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(grads, self.hparams.grad_clip_norm)
 
     def parameter_groups(self) -> list[dict]:
         """Trainable parameters grouped by method (each with its learning rate); the base's in "base"."""
@@ -151,7 +160,6 @@ class Hybrid(L.LightningModule):
     def configure_optimizers(self):
         groups = self.parameter_groups()
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        freeze = self.hparams.method_freeze_steps or {}
         warmup = self.hparams.warmup_steps
         total = self.trainer.estimated_stepping_batches if self.hparams.cosine_schedule else 1
         if not math.isfinite(total):
@@ -167,11 +175,7 @@ class Hybrid(L.LightningModule):
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-        def frozen_for(steps: int):
-            return lambda step: 0.0 if step < steps else factor(step)
-
-        # AdamW with a learning rate of 0 leaves a parameter exactly unchanged (weight decay scales with lr too).
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [frozen_for(freeze.get(g["name"], 0)) for g in groups])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- hooks for callbacks ----------------------------------------------------------------------

@@ -22,7 +22,8 @@ class Preset(Hybrid):
     flat: dict
 
     def variant_hparams(self) -> dict:
-        return {**self.flat, "lr": self.hparams.lr}
+        training = ("lr", "weight_decay", "warmup_steps", "method_lr", "method_freeze_steps", "grad_clip_norm")
+        return {**self.flat, **{k: self.hparams[k] for k in training}}
 
 
 class Pretrain(Hybrid):
@@ -328,13 +329,24 @@ class HybridLoRAAdapter(Preset):
     def prepare_methods(self) -> None:
         if self.flat["rank_allocation"] != "importance" or self.layer_ranks is not None:
             return
+        if self.trainer.datamodule is None:
+            raise ValueError("rank_allocation='importance' scores layers on a batch of the data module's training data; "
+                             "fit with a data module (or set rank_allocation: uniform)")
         batch = next(iter(self.trainer.datamodule.train_dataloader()))
         batch = {k: v.to(self.device) for k, v in batch.items()}
         lora = self._lora()
         targets = [peft.core.logical_name(n) for n, layer in peft.peft_layers(self.model) if layer.spec is lora]
-        scores = peft.module_importance(self.model, lambda: self.training_loss(batch), names=targets)
+        was_training = self.model.training
+        self.model.eval()  # no dropout: the scores are a property of the weights and the batch
+        try:
+            scores = peft.module_importance(self.model, lambda: self.training_loss(batch), names=targets)
+        finally:
+            self.model.train(was_training)
         importance = peft.layer_scores(scores)
-        self._use_ranks(peft.allocate_ranks(importance, self.flat["min_rank"], self.flat["max_rank"]), importance)
+        ranks = peft.allocate_ranks(importance, self.flat["min_rank"], self.flat["max_rank"])
+        # Under DDP every process saw its own batch: all take rank 0's allocation so the shapes agree.
+        ranks, importance = self.trainer.strategy.broadcast((ranks, importance), src=0)
+        self._use_ranks(ranks, importance)
 
     def _lora(self):
         return next(s for s in peft.applied_specs(self.model) if s.name == "lora")
@@ -343,7 +355,8 @@ class HybridLoRAAdapter(Preset):
         """Re-inject LoRA with these per-layer ranks (before training, or from a checkpoint)."""
         lora = self._lora()
         peft.remove(self.model, [lora])
-        peft.apply(self.model, [peft.LoRA(rank=lora.rank, targets=lora.targets, layer_ranks=ranks)])
+        spec = peft.core.spec_from_config({**lora.config(), "layer_ranks": ranks})
+        peft.apply(self.model, [spec], freeze_base=not self.hparams.train_base)
         self.layer_ranks, self.importance = ranks, importance
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -459,3 +459,17 @@ def test_prompt_on_bert_word_embeddings_with_sequence_labels():
     out.loss.backward()
     (_, layer), = peft.peft_layers(model)
     assert layer.prompt.grad.abs().sum() > 0
+
+
+def test_removing_a_prompt_leaves_the_model_as_it_was():
+    model = gpt2()
+    ids = token_ids()
+    mask = padded_mask(ids)
+    before = model(ids, attention_mask=mask, labels=ids)
+    peft.apply(model, [peft.Prompt(length=4, targets=["wte"])])
+    assert model(ids, attention_mask=mask).logits.shape[1] == ids.shape[1] + 4
+    peft.remove(model)
+    after = model(ids, attention_mask=mask, labels=ids)  # the mask/label hook no longer extends anything
+    assert torch.allclose(after.logits, before.logits) and torch.allclose(after.loss, before.loss)
+    peft.apply(model, [peft.Prompt(length=4, targets=["wte"])])  # again: one extension, not two
+    assert model(ids, attention_mask=mask, labels=ids).logits.shape[1] == ids.shape[1] + 4

@@ -71,8 +71,13 @@ def test_prompt_lora_learning_rates_and_lora_freeze(tmp_path, cache_dir):
     assert groups["prompt"]["lr"] == 0.05 and groups["lora"]["lr"] == 0.002 and "base" not in groups
     lora_start = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     prompt_start = model.model.embed.prompt.detach().clone()
-    trainer(tmp_path, steps=5).fit(model, datamodule=data_module(cache_dir))
+    t = trainer(tmp_path, steps=5)
+    t.fit(model, datamodule=data_module(cache_dir))
     assert all(torch.equal(p, lora_start[n]) for n, p in model.named_parameters() if n in lora_start)
+    # Frozen LoRA built no AdamW moments: it starts fresh when its freeze ends.
+    state = t.optimizers[0].state
+    assert not any(p in state for n, p in model.named_parameters() if n in lora_start)
+    assert model.model.embed.prompt in state
     assert not torch.equal(model.model.embed.prompt, prompt_start)
     trainer(tmp_path, steps=8).fit(model, datamodule=data_module(cache_dir))  # a fresh run: freeze again, then train
     assert any(not torch.equal(p, lora_start[n]) for n, p in model.named_parameters() if n in lora_start)

@@ -1,0 +1,31 @@
+"""Base checkpoints: a base written before the token embedding became its own module still loads."""
+
+import torch
+from safetensors.torch import save_file
+
+from hpeft.models import ChannelTransformerConfig
+from hpeft.models.base_checkpoint import load_base, save_base
+
+GRID = (14, 24)
+
+
+def test_base_round_trip_and_the_old_embedding_names(tmp_path):
+    config = ChannelTransformerConfig(tokens=12, d_model=32, layers=1, heads=2, d_ff=48)
+    torch.manual_seed(0)
+    trained = config.build(GRID)
+    save_base(trained, config, GRID, tmp_path / "new.safetensors")
+    fresh = config.build(GRID)
+    load_base(fresh, config, GRID, tmp_path / "new.safetensors")
+    x = torch.randn(2, 2, *GRID)
+    assert torch.equal(fresh(x), trained(x))
+    # The same weights under hpeft 0.1's names (embed.weight/bias, pos), with the same metadata.
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "new.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    old_names = {"embed.pos": "pos", "embed.proj.weight": "embed.weight", "embed.proj.bias": "embed.bias"}
+    state = {old_names.get(k, k): v.contiguous() for k, v in trained.state_dict().items()}
+    save_file(state, tmp_path / "old.safetensors", metadata=meta)
+    older = config.build(GRID)
+    load_base(older, config, GRID, tmp_path / "old.safetensors")
+    assert torch.equal(older(x), trained(x))
