@@ -3,6 +3,8 @@
     hpeft fit|validate|test|predict --config CFG [--model.lora_rank 8 ...]   LightningCLI (subclass mode)
     hpeft inspect --config CFG [--json]   parameter and FLOPs accounting without training
     hpeft data --config CFG               generate and cache the config's dataset
+    hpeft report --runs runs/ [--storage URL --study NAME] [--wandb ENTITY/PROJECT] --out report.html
+    hpeft dashboard [--runs runs/] [--port 8050]   serve the report on 127.0.0.1, rebuilt as runs land
 
 Every fit/validate/test/predict run gets its own directory runs/<experiment>/<run_id>/ holding the
 resolved config.yaml, summary.json, adapter.safetensors, checkpoints and the W&B run. LightningCLI's
@@ -217,6 +219,10 @@ def main(argv: list[str] | None = None) -> None:
         from hpeft.data.command import data_command
 
         return data_command(argv[1:])
+    if command in ("report", "dashboard"):
+        from hpeft.report import command as report
+
+        return getattr(report, f"{command}_command")(argv[1:])
     if command in ("-h", "--help", ""):
         print("usage:\n" + __doc__.split("\n\n")[1].rstrip())
         print("\n`hpeft COMMAND --help` lists a command's options; configs/ holds ready configs.")
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             sys.argv = argv0
         return None
-    _fail(f"unknown command {command!r}; valid commands: {[*TRAINER_COMMANDS, 'inspect', 'data']}")
+    _fail(f"unknown command {command!r}; valid commands: {[*TRAINER_COMMANDS, 'inspect', 'data', 'report', 'dashboard']}")
 
 
 if __name__ == "__main__":

@@ -196,6 +196,7 @@ class Hybrid(L.LightningModule):
         specs = peft.applied_specs(self.model)
         return {
             "task": self.task.name,
+            "metric": {"name": f"test/{self.task.metric}", "higher_is_better": self.task.higher_is_better},
             "variant": type(self).__name__,
             "hparams": self.variant_hparams(),
             "backbone": {"name": self.backbone_config.model_name, **self.backbone_config.as_dict()},

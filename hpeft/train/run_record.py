@@ -105,6 +105,8 @@ class RunRecorder(L.Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
                 logger.experiment.summary.update(flat_figures(summary))
+                # What `hpeft report --wandb` needs to rebuild this run's row from W&B alone.
+                logger.experiment.config.update({k: summary[k] for k in WANDB_CONFIG_KEYS}, allow_val_change=True)
 
     @staticmethod
     def _checkpoint_facts(trainer, previous: dict) -> dict:
@@ -126,6 +128,7 @@ class RunRecorder(L.Callback):
             "run_id": self.run_id,
             "experiment": self.experiment,
             "task": facts["task"],
+            "metric": facts["metric"],
             "variant": facts["variant"],
             "data": data,
             "hparams": facts["hparams"],
@@ -147,6 +150,9 @@ class RunRecorder(L.Callback):
             "git": git_commit(),
             **self.extra,
         }
+
+
+WANDB_CONFIG_KEYS = ("run_id", "task", "metric", "variant", "data", "hparams", "methods")
 
 
 def _best(trainer) -> dict:
