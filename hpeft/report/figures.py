@@ -19,6 +19,8 @@ def _hover(r: dict) -> str:
 
 
 def tradeoff(rows: list[dict], axis: str) -> go.Figure:
+    if not rows:
+        raise ValueError("tradeoff needs at least one run")
     """Metric against trainable params (axis 'trainable') or FLOPs ('flops') for one task: a trace per
     (scenario, method), frontier points filled and dominated ones open, the frontier drawn per scenario."""
     flag = "pareto_params" if axis == "trainable" else "pareto_flops"
@@ -45,6 +47,8 @@ def tradeoff(rows: list[dict], axis: str) -> go.Figure:
 
 def efficiency_surface(rows: list[dict]) -> go.Figure:
     """Accuracy against log params and log FLOPs in 3-D, coloured by accuracy / (FLOPs x params)."""
+    if not rows:
+        raise ValueError("efficiency_surface needs at least one run")
     usable = [r for r in rows if r["trainable"] > 0 and r["flops"] > 0]
     x = [math.log10(r["trainable"]) for r in usable]
     y = [math.log10(r["flops"]) for r in usable]

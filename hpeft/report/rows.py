@@ -43,8 +43,11 @@ def metric_of(summary: dict) -> tuple[str, bool]:
 def to_row(summary: dict) -> dict | None:
     """The flat row of one run, or None when it has no value for its task's metric."""
     name, higher = metric_of(summary)
-    value = summary.get("metrics", {}).get(name)
-    if value is None or not math.isfinite(value):
+    try:
+        value = float(summary.get("metrics", {}).get(name))
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(value):
         return None
     methods = {m["name"]: m.get("params", 0) for m in summary.get("methods") or []}
     return {
@@ -86,7 +89,9 @@ def goodness(row: dict) -> float:
     """The metric turned into higher-is-better: as is, negated for dB, inverted for perplexity-like metrics."""
     if row["higher_is_better"]:
         return row["metric"]
-    return -row["metric"] if row["metric_name"].endswith("_db") else 1.0 / row["metric"]
+    if row["metric_name"].endswith("_db") or row["metric"] <= 0:
+        return -row["metric"]
+    return 1.0 / row["metric"]
 
 
 def to_minimise(row: dict) -> float:
@@ -124,7 +129,7 @@ def synergy_rows(rows: list[dict]) -> list[dict]:
             parts = []
             for name, params in hybrid["methods"].items():
                 alone = singles.get(name)
-                if not alone:
+                if not alone or params <= 0:
                     break
                 best = min(alone, key=lambda r: abs(r["methods"][name] - params))
                 parts.append((name, params, best))

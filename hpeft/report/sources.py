@@ -102,5 +102,8 @@ def collect(runs: list[str | Path] | None = None, storage: str | None = None, st
         skipped += bad
     unique: dict[str, dict] = {}
     for s in found:
-        unique.setdefault(s.get("run_id") or str(id(s)), s)
+        key = s.get("run_id") or str(id(s))
+        first = unique.setdefault(key, s)
+        if first is not s and first.get("_dir") != s.get("_dir"):  # the same dir twice (dir and trial) is one run
+            skipped.append((s.get("_dir") or s.get("_source", key), f"same run_id {key!r} as {first.get('_dir') or first.get('_source')}"))
     return list(unique.values()), skipped

@@ -120,3 +120,18 @@ def test_report_logs_the_pareto_table_to_wandb_offline(tmp_path):
     logged = json.loads(table.read_text())
     runs_on_front = {row[0] for row in logged["data"] if row[logged["columns"].index("pareto_params")]}
     assert logged["columns"][:4] == ["run", "task", "scenario", "method"] and runs_on_front == {"prompt", "lora"}
+
+
+def test_odd_records_do_not_break_the_analyses(tmp_path):
+    odd = seed000_runs() + [summary("h0", "Hybrid", {"prompt": 0, "lora": 0}, -26.0),
+                            summary("zero_loss", "LoRAOnly", {"lora": 10}, 0.0, task="x", metric_name="test/loss")]
+    odd[0] = {**odd[0], "metrics": {"test/nmse_db": "nan"}}
+    rows, skipped = to_rows(odd)
+    assert [s for s in skipped if "prompt" in s[0]] and "prompt" not in {r["run"] for r in rows}
+    mark_pareto(rows)
+    assert all(s["run"] != "h0" for s in synergy_rows(rows))  # no parts with parameters: no synergy row
+    build_page(rows, skipped)
+    copy = write_runs(tmp_path / "a", seed000_runs()[:1])
+    write_runs(tmp_path / "b", seed000_runs()[:1])
+    summaries, skipped = collect(runs=[copy, tmp_path / "b"])
+    assert len(summaries) == 1 and "same run_id 'prompt'" in skipped[0][1]
