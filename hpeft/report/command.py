@@ -7,8 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import html
 import http.server
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -96,9 +99,10 @@ class _Page:
                 try:
                     rows, skipped = gather(self.args)
                     self.html = build_page(rows, skipped, "hpeft dashboard", refresh_s=self.args.refresh)
-                except ValueError as err:
-                    self.html = (f"<!doctype html><meta http-equiv='refresh' content='{self.args.refresh}'>"
-                                 f"<p>hpeft dashboard: {err}; this page refreshes as runs land.</p>")
+                except Exception as err:  # noqa: BLE001 - the server keeps serving whatever a run record holds
+                    refresh = max(1, self.args.refresh)
+                    self.html = (f"<!doctype html><meta http-equiv='refresh' content='{refresh}'>"
+                                 f"<p>hpeft dashboard: {html.escape(str(err))}; this page refreshes as runs land.</p>")
                 self.stamp = stamp
             return self.html
 
@@ -107,13 +111,21 @@ def dashboard_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="hpeft dashboard", description="Serve the report on 127.0.0.1, rebuilt as runs land.")
     _sources(parser)
     parser.add_argument("--port", type=int, default=8050)
-    parser.add_argument("--refresh", type=int, default=30, help="seconds between the page's reloads")
+    parser.add_argument("--refresh", type=int, default=30, help="seconds between the page's reloads (at least 1)")
     parser.add_argument("--optuna-port", type=int, default=None,
                         help="also start optuna-dashboard for --storage on this port")
     args = parser.parse_args(argv)
+    if args.refresh < 1:
+        parser.exit(2, f"hpeft dashboard: error: --refresh {args.refresh}: must be at least 1 second\n")
     if args.optuna_port is not None and not args.storage:
         parser.exit(2, "hpeft dashboard: error: --optuna-port needs --storage\n")
     page = _Page(args)
+    if args.storage:
+        try:
+            gather(args)
+        except ValueError as err:  # an unreachable storage or unknown study: say so now, not on every page load
+            if "no runs" not in str(err):
+                parser.exit(2, f"hpeft dashboard: error: {err}\n")
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the http.server API
@@ -133,10 +145,11 @@ def dashboard_command(argv: list[str]) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     optuna = None
     if args.optuna_port is not None:
-        optuna = subprocess.Popen([sys.executable, "-m", "optuna_dashboard", args.storage, "--host", "127.0.0.1",
-                                   "--port", str(args.optuna_port)])
+        exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
+        optuna = subprocess.Popen([exe, args.storage, "--host", "127.0.0.1", "--port", str(args.optuna_port)])
         print(f"optuna-dashboard on http://127.0.0.1:{args.optuna_port}", flush=True)
     print(f"hpeft dashboard on http://127.0.0.1:{server.server_address[1]} (Ctrl-C stops)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a kill also stops optuna-dashboard (finally below)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -124,6 +124,7 @@ def build_page(rows: list[dict], skipped: list[tuple[str, str]], title: str = "h
     meta = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'>{meta}<title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style><script>{get_plotlyjs()}</script>"
-            f"<script>const HPEFT_FIGURES = {json.dumps(figures)};{SCRIPT}</script></head><body>"
+            # "</" escaped: a run name holding "</script>" must not end the script (nor inject one).
+            f"<script>const HPEFT_FIGURES = {json.dumps(figures).replace('</', '<' + chr(92) + '/')};{SCRIPT}</script></head><body>"
             f"<h1>{html.escape(title)}</h1><p class='note'>{len(rows)} runs, {len(skipped)} skipped.</p>"
             f"<div class='filters'>{filters}</div>" + "\n".join(sections) + "</body></html>")

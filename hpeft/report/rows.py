@@ -77,7 +77,11 @@ def to_row(summary: dict) -> dict | None:
 def to_rows(summaries: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
     rows, skipped = [], []
     for s in summaries:
-        row = to_row(s)
+        try:
+            row = to_row(s)
+        except (AttributeError, TypeError, ValueError, KeyError) as err:  # a field of the wrong type (e.g. "flops": null)
+            skipped.append((s.get("_dir", s.get("run_id", "?")), f"unreadable field: {type(err).__name__}: {err}"))
+            continue
         if row is None:
             skipped.append((s.get("_dir", s.get("run_id", "?")), f"no value for its metric {metric_of(s)[0]!r}"))
         else:

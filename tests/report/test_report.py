@@ -135,3 +135,13 @@ def test_odd_records_do_not_break_the_analyses(tmp_path):
     write_runs(tmp_path / "b", seed000_runs()[:1])
     summaries, skipped = collect(runs=[copy, tmp_path / "b"])
     assert len(summaries) == 1 and "same run_id 'prompt'" in skipped[0][1]
+
+
+def test_run_fields_cannot_break_the_page_or_the_table(tmp_path):
+    hostile = summary("p</script><script>alert(1)</script>", "PromptOnly", {"prompt": 12_800}, -25.9)
+    null_flops = {**summary("x", "LoRAOnly", {"lora": 10}, -20.0), "flops": None}
+    rows, skipped = to_rows(seed000_runs() + [hostile, null_flops])
+    assert [(w, why.split(":")[0]) for w, why in skipped] == [("x", "unreadable field")]
+    page = build_page(rows, skipped)
+    script = page[page.index("const HPEFT_FIGURES"):]
+    assert "</script><script>alert(1)" not in script.split("</script>", 1)[0]
