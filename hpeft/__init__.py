@@ -24,6 +24,7 @@ _LAZY = {
     "HybridLoRAAdapter": "hpeft.tasks",
     "HybridS4": "hpeft.tasks",
     "ChannelDataModule": "hpeft.data",
+    "TextDataModule": "hpeft.data",
     "ChannelTransformer": "hpeft.models",
     "ChannelTransformerConfig": "hpeft.models",
 }
