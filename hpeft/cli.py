@@ -112,7 +112,7 @@ class HpeftCLI(LightningCLI):
         parser.add_argument("--wandb_project", type=str, default="hpeft", help="W&B project name.")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="After fit, test the best checkpoint in the same run (fit only).")
-        parser.link_arguments("data.grid_shape", "model.init_args.grid_shape", apply_on="instantiate")
+        parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
 
     # -- validation before anything is written -------------------------------------------------
     def _check_run_args(self, cfg) -> None:

@@ -19,7 +19,8 @@ def inspect_model(module) -> dict:
         "variant": type(module).__name__,
         "task": module.task.name,
         "backbone": {"name": module.backbone_config.model_name, **module.backbone_config.as_dict()},
-        "grid_shape": list(module.grid_shape),
+        "grid_shape": list(module.data_shape),
+        "data_shape": list(module.data_shape),
         "hparams": module.variant_hparams(),
         "methods": [s.config() for s in applied_specs(module.model)],
         "params": report,
@@ -30,7 +31,7 @@ def inspect_model(module) -> dict:
 def print_inspection(info: dict, console: Console | None = None) -> None:
     console = console or Console()
     p = info["params"]
-    console.print(f"[bold]{info['variant']}[/] on {info['backbone']['name']} {info['backbone']}, grid {info['grid_shape']}")
+    console.print(f"[bold]{info['variant']}[/] on {info['backbone']['name']} {info['backbone']}, data shape {info['data_shape']}")
     totals = Table(title="Parameters")
     for col in ("total", "base", "trainable", "trainable %"):
         totals.add_column(col, justify="right")

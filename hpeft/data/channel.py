@@ -490,6 +490,11 @@ class ChannelDataModule(L.LightningDataModule):
         """(S, F): OFDM symbols and subcarriers of one sample."""
         return self.config.grid_shape
 
+    @property
+    def data_shape(self) -> tuple[int, int]:
+        """What the model is built for (linked to the model by the CLI): the grid."""
+        return self.grid_shape
+
     @cached_property
     def pilot_mask(self) -> torch.Tensor:
         """[S, F] bool: the REs where "x" holds an LS estimate (this UE's DMRS pilots)."""

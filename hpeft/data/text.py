@@ -367,6 +367,11 @@ class TextDataModule(L.LightningDataModule):
         return BYTE_VOCAB_SIZE if self.tokenizer is None else len(self.tokenizer)
 
     @property
+    def data_shape(self) -> tuple[int, int]:
+        """What the model is built for (linked to the model by the CLI): (seq_len, vocab_size)."""
+        return (self.seq_len, self.vocab_size)
+
+    @property
     def source_name(self) -> str:
         """The data set's name for reports: "<dataset>" or "<dataset>/<config>", or "files"."""
         if self.dataset is None:

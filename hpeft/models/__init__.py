@@ -2,5 +2,6 @@
 
 from hpeft.models.backbone import BackboneConfig
 from hpeft.models.channel_transformer import ChannelTransformer, ChannelTransformerConfig
+from hpeft.models.hf import HFCausalLMConfig
 
-__all__ = ["BackboneConfig", "ChannelTransformer", "ChannelTransformerConfig"]
+__all__ = ["BackboneConfig", "ChannelTransformer", "ChannelTransformerConfig", "HFCausalLMConfig"]

@@ -1,5 +1,7 @@
 from hpeft.tasks.base import Hybrid
-from hpeft.tasks.channel import TASKS, ChannelEstimationTask
+from hpeft.tasks.channel import ChannelEstimationTask
+from hpeft.tasks.lm import LanguageModelingTask
+from hpeft.tasks.registry import TASKS
 from hpeft.tasks.variants import (
     AdapterOnly,
     BitFitOnly,
@@ -22,4 +24,4 @@ VARIANTS = [
     "Pretrain", "LoRAOnly", "PromptOnly", "PrefixOnly", "AdapterOnly", "IA3Only", "BitFitOnly", "CompacterOnly",
     "SparseAdapterOnly", "HybridPromptLoRA", "HybridUniPELT", "HybridMAM", "HybridLoRAAdapter", "HybridS4",
 ]
-__all__ = ["TASKS", "VARIANTS", "ChannelEstimationTask", "Hybrid", "Preset", *VARIANTS]
+__all__ = ["TASKS", "VARIANTS", "ChannelEstimationTask", "LanguageModelingTask", "Hybrid", "Preset", *VARIANTS]

@@ -19,7 +19,8 @@ from hpeft.models.backbone import BackboneConfig
 from hpeft.models.base_checkpoint import load_base, save_base
 from hpeft.models.channel_transformer import ChannelTransformerConfig
 from hpeft.peft.core import MethodSpec
-from hpeft.tasks.channel import TASKS
+from hpeft.utils.batches import batch_size
+from hpeft.tasks.registry import TASKS
 
 
 class Hybrid(L.LightningModule):
@@ -38,7 +39,7 @@ class Hybrid(L.LightningModule):
         method_lr: dict[str, float] | None = None,
         method_freeze_steps: dict[str, int] | None = None,
         grad_clip_norm: float | None = None,
-        grid_shape: tuple[int, int] = (14, 72),
+        data_shape: tuple[int, int] = (14, 72),
     ):
         """
         Args:
@@ -58,7 +59,8 @@ class Hybrid(L.LightningModule):
                 gradients are dropped; the optimizer state starts when they start), e.g. {lora: 500} lets a
                 prompt settle before LoRA trains.
             grad_clip_norm: clip the gradients' global norm to this value before each step.
-            grid_shape: data shape (symbols, subcarriers); linked from the data module by the CLI.
+            data_shape: the data's shape, linked from the data module by the CLI: (symbols, subcarriers) of the
+                channel grid, or (seq_len, vocab_size) for text.
         """
         super().__init__()
         if task not in TASKS:
@@ -73,12 +75,12 @@ class Hybrid(L.LightningModule):
             raise ValueError(f"grad_clip_norm={grad_clip_norm} must be positive (or null for no clipping)")
         self.save_hyperparameters(ignore=["methods", "backbone"])
         self.backbone_config = backbone if backbone is not None else ChannelTransformerConfig()
-        self.backbone_config.check(tuple(grid_shape))
-        self.grid_shape = tuple(grid_shape)
+        self.backbone_config.check(tuple(data_shape))
+        self.data_shape = tuple(data_shape)
         self.task = TASKS[task]()
-        self.model = self.backbone_config.build(self.grid_shape, self.task.in_channels, self.task.out_channels)
+        self.model = self.backbone_config.build(self.data_shape, self.task.in_channels, self.task.out_channels)
         if base_checkpoint:
-            load_base(self.model, self.backbone_config, self.grid_shape, base_checkpoint)
+            load_base(self.model, self.backbone_config, self.data_shape, base_checkpoint)
         self.methods = list(methods)
         if save_base_to and self.methods:
             raise ValueError(f"save_base_to={save_base_to!r} exports a base model, which needs a run without PEFT methods; "
@@ -90,6 +92,11 @@ class Hybrid(L.LightningModule):
             if name not in present:
                 raise ValueError(f"method_lr / method_freeze_steps name a method {name!r} this model does not have; "
                                  f"its methods: {sorted(present)}")
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """The data shape under its channel-task name (run records and base checkpoints use it)."""
+        return self.data_shape
 
     # -- the loop -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,14 +112,14 @@ class Hybrid(L.LightningModule):
         trainer = self._trainer
         every = trainer.log_every_n_steps if trainer is not None else 1
         if trainer is None or every <= 1 or (self.global_step + 1) % every == 0 or trainer.is_last_batch:
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["x"]))
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch_size(batch))
             for method, value in peft.gate_values(self.model).items():  # UniPELT's gates
-                self.log(f"gates/{method}", value, batch_size=len(batch["x"]))
+                self.log(f"gates/{method}", value, batch_size=batch_size(batch))
         return loss
 
     def _evaluate(self, split: str, batch: dict) -> None:
         estimate = self(self.task.inputs(batch))
-        self.log(f"{split}/loss", self.task.loss(estimate, batch), batch_size=len(batch["x"]), sync_dist=True)
+        self.log(f"{split}/loss", self.task.loss(estimate, batch), batch_size=batch_size(batch), sync_dist=True)
         for name, metric in self.task.update(split, estimate, batch).items():
             self.log(name, metric, prog_bar=name.endswith("/nmse_db"))
 
@@ -183,7 +190,7 @@ class Hybrid(L.LightningModule):
         # Device and dtype from the weights: callbacks' setup runs before Lightning moves the model to the
         # GPU (while self.device already says cuda), and `*-true` precisions keep weights in bf16/fp16.
         p = next(self.model.parameters())
-        batch = self.task.example_batch(batch_size, self.grid_shape)
+        batch = self.task.example_batch(batch_size, self.data_shape)
         return {k: v.to(device=p.device, dtype=p.dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
 
     def variant_hparams(self) -> dict:
@@ -214,4 +221,4 @@ class Hybrid(L.LightningModule):
 
     def export_base(self) -> None:
         if self.hparams.save_base_to:
-            save_base(self.model, self.backbone_config, self.grid_shape, self.hparams.save_base_to)
+            save_base(self.model, self.backbone_config, self.data_shape, self.hparams.save_base_to)

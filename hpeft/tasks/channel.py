@@ -45,10 +45,8 @@ class ChannelEstimationTask(nn.Module):
                 logged[f"test/{name}_nmse_db"] = metric
         return logged
 
-    def example_batch(self, batch_size: int, grid_shape: tuple[int, int]) -> dict:
+    def example_batch(self, batch_size: int, data_shape: tuple[int, int]) -> dict:
         """A batch of the task's shape (random values) for FLOPs and latency measurements."""
-        s, f = grid_shape
+        s, f = data_shape
         return {"x": torch.randn(batch_size, self.in_channels, s, f), "h": torch.randn(batch_size, self.out_channels, s, f)}
 
-
-TASKS: dict[str, type[nn.Module]] = {"channel": ChannelEstimationTask}

@@ -22,6 +22,7 @@ import psutil
 import torch
 
 from hpeft.metrics.flops import count_flops
+from hpeft.utils.batches import batch_size as samples_in
 
 
 def rss_bytes() -> int:
@@ -122,7 +123,7 @@ class EfficiencyMeter(L.Callback):
             self._rss = max(self._rss, rss_bytes())
         if self._batches > self.warmup_batches:
             self._train_time += time.perf_counter() - self._t0
-            self._train_samples += len(batch["x"])
+            self._train_samples += samples_in(batch)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         speed = {"latency_ms_batch1": batch1_latency_ms(pl_module, self.latency_repeats)}

@@ -46,7 +46,7 @@ def val_loss(model, data) -> float:
 
 def build(variant, **kw):
     torch.manual_seed(0)
-    return getattr(hpeft, variant)(backbone=ChannelTransformerConfig(**BACKBONE), grid_shape=(14, 24), lr=0.01,
+    return getattr(hpeft, variant)(backbone=ChannelTransformerConfig(**BACKBONE), data_shape=(14, 24), lr=0.01,
                                    cosine_schedule=False, **{**OPTIONS.get(variant, {}), **kw})
 
 

@@ -1,0 +1,74 @@
+"""Any transformers causal LM as a backbone: by name or path (a pretrained checkpoint on a cluster) or by a
+config dict (random init: tests and small CPU runs). PEFT methods target its modules by their own names
+(`c_attn`, `q_proj`, ...). transformers is imported when the model is built, not when hpeft is."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hpeft.models.backbone import BackboneConfig
+
+
+class CausalLMLogits(nn.Module):
+    """Wraps a transformers causal LM so that forward(input_ids) returns the logits tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids).logits
+
+
+class HFCausalLMConfig(BackboneConfig):
+    """A transformers AutoModelForCausalLM, pretrained by name/path or randomly initialised from a config."""
+
+    def __init__(self, model: str | None = None, config: dict | None = None, dtype: str = "float32"):
+        """
+        Args:
+            model: a model name or local path for AutoModelForCausalLM.from_pretrained (e.g. google/gemma-3-1b-it).
+            config: a transformers config as a dict with its model_type (e.g. {model_type: gpt2, n_layer: 2,
+                n_embd: 64, n_head: 2, vocab_size: 256}): a randomly initialised model. Give model or config.
+            dtype: float32, bfloat16 or float16 weights.
+        """
+        if (model is None) == (config is None):
+            raise ValueError(f"HFCausalLMConfig needs exactly one of model (a name or path) and config (a dict); "
+                             f"got model={model!r}, config={config!r}")
+        if config is not None and "model_type" not in config:
+            raise ValueError(f"HFCausalLMConfig config needs a model_type (e.g. gpt2, llama); got keys {sorted(config)}")
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={dtype!r}; valid: float32, bfloat16, float16")
+        self.model, self.config, self.dtype = model, None if config is None else dict(config), dtype
+
+    @property
+    def model_name(self) -> str:
+        return self.model or f"{self.config['model_type']} (random init)"
+
+    def _hf_config(self):
+        from transformers import AutoConfig
+
+        if self.config is not None:
+            extra = {k: v for k, v in self.config.items() if k != "model_type"}
+            return AutoConfig.for_model(self.config["model_type"], **extra)
+        return AutoConfig.from_pretrained(self.model)
+
+    def check(self, data_shape: tuple[int, int]) -> None:
+        seq_len, vocab = data_shape
+        config = self._hf_config()
+        if getattr(config, "vocab_size", vocab) < vocab:
+            raise ValueError(f"the model's vocab_size={config.vocab_size} is smaller than the data's {vocab} tokens; "
+                             f"use a tokenizer that matches the model (or a config with vocab_size >= {vocab})")
+        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if positions is not None and positions < seq_len:
+            raise ValueError(f"seq_len={seq_len} exceeds the model's {positions} positions; use seq_len <= {positions}")
+
+    def build(self, data_shape: tuple[int, int], in_channels: int = 0, out_channels: int = 0) -> CausalLMLogits:
+        from transformers import AutoModelForCausalLM
+
+        dtype = getattr(torch, self.dtype)
+        if self.config is not None:
+            model = AutoModelForCausalLM.from_config(self._hf_config(), dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype)
+        return CausalLMLogits(model)
