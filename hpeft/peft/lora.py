@@ -55,6 +55,9 @@ class LoRALinear(PeftLayer):
         if self.gate is not None:
             raise ValueError("a gated LoRA layer cannot be merged: its gate depends on the input")
         require_unstacked(self)
+        if not self.base_layer.weight.is_floating_point():
+            raise ValueError("LoRA cannot merge into quantised weights; dequantize the base first "
+                             "(hpeft.models.quantize.dequantize) and merge into its full-precision weights")
         # In float32 whatever the weights' dtype, so that unmerge restores bf16/fp16 weights as closely as it can.
         w = self.base_layer.weight
         delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
