@@ -40,11 +40,12 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from hpeft.metrics.nmse import nmse_db
 
 from .cache import TensorCache, cache_key
+from .loaders import split_loader
 from .scenarios import DEVICE, SCENARIOS, LinkParams, canonical_scenario, expand_scenario
 
 __all__ = [
@@ -603,23 +604,9 @@ class ChannelDataModule(L.LightningDataModule):
         return _DictDataset({k: tensors[k] for k in keys})
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self._dataset(split)
-        seed = _derive_seed(self.config.seed, "shuffle")
-        sampler = None
-        if split == "train" and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Lightning would inject a DistributedSampler that always shuffles the train split; ours
-            # honours `shuffle`, and Lightning keeps a sampler that is already distributed.
-            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
-        generator = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle if sampler is None else None,
-            sampler=sampler,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return split_loader(self._dataset(split), train=split == "train", shuffle=shuffle,
+                            seed=_derive_seed(self.config.seed, "shuffle"), batch_size=self.batch_size,
+                            num_workers=self.num_workers, trainer=self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=self.shuffle)

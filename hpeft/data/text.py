@@ -41,9 +41,10 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from .cache import TensorCache, cache_key
+from .loaders import split_loader
 
 __all__ = ["TextDataModule", "FORMAT_VERSION", "SPLITS", "BYTE_VOCAB_SIZE"]
 
@@ -647,28 +648,9 @@ class TextDataModule(L.LightningDataModule):
         return _BlockDataset(self.tokens(split), self.seq_len)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self._dataset(split)
-        seed = _derive_seed(self.seed, "shuffle")
-        sampler = None
-        if split == "train":
-            # Lightning would inject a DistributedSampler that always shuffles the train split; ours honours
-            # `shuffle`, and Lightning keeps a sampler that is already distributed.
-            trainer = self.trainer
-            if trainer is not None and trainer.world_size > 1:
-                sampler = DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
-                                             shuffle=shuffle, seed=seed)
-            elif torch.distributed.is_available() and torch.distributed.is_initialized():
-                sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
-        generator = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle if sampler is None else None,
-            sampler=sampler,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return split_loader(self._dataset(split), train=split == "train", shuffle=shuffle,
+                            seed=_derive_seed(self.seed, "shuffle"), batch_size=self.batch_size,
+                            num_workers=self.num_workers, trainer=self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=self.shuffle)
