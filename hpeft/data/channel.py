@@ -40,12 +40,12 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from hpeft.metrics.nmse import nmse_db
 
 from .cache import TensorCache, cache_key
-from .loaders import split_loader
+from .loaders import SplitLoaders
 from .scenarios import DEVICE, SCENARIOS, LinkParams, canonical_scenario, expand_scenario
 
 __all__ = [
@@ -395,7 +395,7 @@ class _DictDataset(Dataset):
         return {k: t[i] for k, t in self.tensors.items()}
 
 
-class ChannelDataModule(L.LightningDataModule):
+class ChannelDataModule(SplitLoaders, L.LightningDataModule):
     """Uplink PUSCH channel estimation (SISO) on 3GPP TR 38.901 channels simulated with Sionna.
 
     Batches are dicts: "x" (LS at pilots, zeros elsewhere) [B, 2, S, F], "h" (target) [B, 2, S, F],
@@ -603,22 +603,9 @@ class ChannelDataModule(L.LightningDataModule):
         keys = BATCH_KEYS + (("lmmse",) if "lmmse" in tensors else ())
         return _DictDataset({k: tensors[k] for k in keys})
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self._dataset(split), train=split == "train", shuffle=shuffle,
-                            seed=_derive_seed(self.config.seed, "shuffle"), batch_size=self.batch_size,
-                            num_workers=self.num_workers, trainer=self.trainer)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=self.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    @property
+    def shuffle_seed(self) -> int:
+        return _derive_seed(self.config.seed, "shuffle")
 
     # ---------------------------------------------------------------- baselines
 

@@ -21,3 +21,24 @@ def split_loader(dataset: Dataset, *, train: bool, shuffle: bool, seed: int, bat
     generator = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
                       generator=generator, num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+class SplitLoaders:
+    """The four loaders of a data module with `_dataset(split)`, `shuffle_seed`, `shuffle`, `batch_size`,
+    `num_workers` and `trainer`; predict runs on the test split."""
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return split_loader(self._dataset(split), train=split == "train", shuffle=shuffle, seed=self.shuffle_seed,
+                            batch_size=self.batch_size, num_workers=self.num_workers, trainer=self.trainer)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -41,10 +41,10 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .cache import TensorCache, cache_key
-from .loaders import split_loader
+from .loaders import SplitLoaders
 
 __all__ = ["TextDataModule", "FORMAT_VERSION", "SPLITS", "BYTE_VOCAB_SIZE"]
 
@@ -189,7 +189,7 @@ class _BlockDataset(Dataset):
 # ---------------------------------------------------------------------------------------------- DataModule
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(SplitLoaders, L.LightningDataModule):
     """Causal language modelling on text: batches {"input_ids": [B, seq_len], "labels": [B, seq_len]} (int64),
     ``labels`` the next token of each position (already shifted; no position is ignored).
 
@@ -647,22 +647,9 @@ class TextDataModule(L.LightningDataModule):
     def _dataset(self, split: str) -> _BlockDataset:
         return _BlockDataset(self.tokens(split), self.seq_len)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self._dataset(split), train=split == "train", shuffle=shuffle,
-                            seed=_derive_seed(self.seed, "shuffle"), batch_size=self.batch_size,
-                            num_workers=self.num_workers, trainer=self.trainer)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=self.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    @property
+    def shuffle_seed(self) -> int:
+        return _derive_seed(self.seed, "shuffle")
 
 
 def _load_tokenizer(name: str):
