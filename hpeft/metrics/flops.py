@@ -3,7 +3,11 @@
 FlopCounterMode has formulas for the CUDA SDPA kernels but none for
 aten._scaled_dot_product_flash_attention_for_cpu (and its backward), so on the CPU attention counts 0.
 We map those ops to torch's own SDPA formulas (their argument order matches), so CPU and GPU runs
-report the same count. A multiply-add counts as 2 FLOPs, as in torch."""
+report the same count. A multiply-add counts as 2 FLOPs, as in torch.
+
+Mamba's selective scan is element-wise work torch counts nothing for: it runs as the custom ops
+hpeft::selective_scan and hpeft::selective_scan_backward, counted by the formula in hpeft/models/scan.py
+(`scan_flops`) whichever implementation runs."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from hpeft.models.scan import FLOP_FORMULAS as SCAN_FLOP_FORMULAS
 
 aten = torch.ops.aten
 
@@ -26,6 +32,7 @@ def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *arg
 EXTRA_FORMULAS: dict = {
     aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
     aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward,
+    **SCAN_FLOP_FORMULAS,
 }
 
 

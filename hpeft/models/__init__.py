@@ -3,5 +3,7 @@
 from hpeft.models.backbone import BackboneConfig
 from hpeft.models.channel_transformer import ChannelTransformer, ChannelTransformerConfig
 from hpeft.models.hf import HFCausalLMConfig
+from hpeft.models.mamba import MambaChannel, MambaConfig, MambaLM
 
-__all__ = ["BackboneConfig", "ChannelTransformer", "ChannelTransformerConfig", "HFCausalLMConfig"]
+__all__ = ["BackboneConfig", "ChannelTransformer", "ChannelTransformerConfig", "HFCausalLMConfig", "MambaChannel",
+           "MambaConfig", "MambaLM"]
