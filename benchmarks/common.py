@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import statistics
 import sys
@@ -64,3 +66,16 @@ def median(values) -> float:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """torch's intra-op threads set to `threads` inside the block, restored after it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,6 +1,6 @@
 """Run the hpeft benchmarks, print their tables and write bench_out/results.json (atomically).
 
-    python -m benchmarks.run [--quick] [--only overhead|data|methods] [--threads N] [--repeats N] [--out DIR]
+    python -m benchmarks.run [--quick] [--only overhead|data|methods|mamba|search|staged] [--threads N] [--repeats N] [--out DIR]
 
 --quick: fewer scenarios and samples, 3 repeats (under ~2 minutes on a warm data cache).
 See benchmarks/README.md for what each benchmark measures and how to read the ratios.
@@ -15,7 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("overhead", "data", "methods")
+# name -> module in benchmarks/; each has run(out_dir, quick=, repeats=, threads=) and tables(result) (or table).
+MODULES = {"overhead": "platform_overhead", "data": "data_throughput", "methods": "peft_methods", "mamba": "mamba_scan",
+           "search": "search_throughput", "staged": "staged_training"}
+BENCHMARKS = tuple(MODULES)
 
 
 def machine_facts(threads: int) -> dict:
@@ -55,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is not None and args.repeats < 3:
         parser.error("--repeats must be at least 3: the figures are medians of interleaved repeats")
 
+    import importlib
+
     from rich.console import Console
 
-    from benchmarks import data_throughput, peft_methods, platform_overhead
     from benchmarks.common import DEFAULT_OUT, DEFAULT_THREADS
     from hpeft.utils.atomic import atomic_write_json
 
@@ -71,25 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         if name not in selected:
             continue
         console.rule(f"[bold]{name}")
-        if name == "overhead":
-            results["overhead"] = platform_overhead.run(out_dir, quick=args.quick, repeats=args.repeats, threads=threads)
-        elif name == "data":
-            results["data"] = data_throughput.run(out_dir, quick=args.quick, repeats=args.repeats, threads=threads)
-        else:
-            results["methods"] = peft_methods.run(out_dir, quick=args.quick, repeats=args.repeats, threads=threads)
+        module = importlib.import_module(f"benchmarks.{MODULES[name]}")
+        results[name] = module.run(out_dir, quick=args.quick, repeats=args.repeats, threads=threads)
         results["meta"]["wall_seconds"] = time.perf_counter() - started
         results["meta"]["load_average_end"] = list(os.getloadavg())
         atomic_write_json(out_dir / "results.json", results)  # after each benchmark: partial results survive
 
     console.print()
-    if "overhead" in results:
-        console.print(platform_overhead.table(results["overhead"]))
-    if "data" in results:
-        for table in data_throughput.tables(results["data"]):
-            console.print(table)
-    if "methods" in results:
-        for table in peft_methods.tables(results["methods"]):
-            console.print(table)
+    for name in BENCHMARKS:
+        if name in results:
+            module = importlib.import_module(f"benchmarks.{MODULES[name]}")
+            for table in module.tables(results[name]) if hasattr(module, "tables") else [module.table(results[name])]:
+                console.print(table)
     console.print(f"results: {out_dir / 'results.json'}  ({results['meta']['wall_seconds']:.0f} s in all)")
     return 0
 

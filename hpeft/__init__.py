@@ -23,10 +23,14 @@ _LAZY = {
     "HybridMAM": "hpeft.tasks",
     "HybridLoRAAdapter": "hpeft.tasks",
     "HybridS4": "hpeft.tasks",
+    "MambaPillars": "hpeft.tasks",
+    "Staged": "hpeft.tasks",
+    "Ensemble": "hpeft.tasks",
     "ChannelDataModule": "hpeft.data",
     "TextDataModule": "hpeft.data",
     "ChannelTransformer": "hpeft.models",
     "ChannelTransformerConfig": "hpeft.models",
+    "MambaConfig": "hpeft.models",
 }
 
 __all__ = ["__version__", *_LAZY]

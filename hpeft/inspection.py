@@ -70,7 +70,7 @@ def inspect_command(argv: list[str]) -> None:
     info = inspect_model(cli.model)
     info["weights"] = "not loaded: counts and FLOPs do not depend on them"
     if hasattr(cli.datamodule, "describe"):
-        info["data"] = cli.datamodule.describe()
+        info["data"] = cli.datamodule.describe(load=False)  # inspect reads and writes no data
     if as_json:
         print(json.dumps(info))
     else:

@@ -501,7 +501,7 @@ class ChannelDataModule(SplitLoaders, L.LightningDataModule):
         """[S, F] bool: the REs where "x" holds an LS estimate (this UE's DMRS pilots)."""
         return pilot_layout(self.config)[0]
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, load: bool = True) -> dict[str, Any]:
         """JSON-able summary of the data for the run record."""
         c = self.config
         return {

@@ -3,7 +3,26 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffle whose order is a function of (seed, epoch) only. Lightning calls `set_epoch` before each
+    epoch, so a run resumed from an end-of-epoch checkpoint sees the same order in its next epochs as the
+    uninterrupted run would; a generator seeded once when the loader is built would restart from epoch 0's."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def split_loader(dataset: Dataset, *, train: bool, shuffle: bool, seed: int, batch_size: int, num_workers: int,
@@ -18,9 +37,10 @@ def split_loader(dataset: Dataset, *, train: bool, shuffle: bool, seed: int, bat
                                          shuffle=shuffle, seed=seed)
         elif torch.distributed.is_available() and torch.distributed.is_initialized():
             sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
-    generator = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
-                      generator=generator, num_workers=num_workers, persistent_workers=num_workers > 0)
+    if sampler is None and shuffle:
+        sampler = EpochShuffle(len(dataset), seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      persistent_workers=num_workers > 0)
 
 
 class SplitLoaders:

@@ -401,9 +401,14 @@ class TextDataModule(SplitLoaders, L.LightningDataModule):
             return bytes(ids).decode("utf-8", errors="replace")
         return self.tokenizer.decode(ids)
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-able summary of the data for the run record (tokenizes or loads the cache if not done yet)."""
-        tokens = self._load()
+    def describe(self, load: bool = True) -> dict[str, Any]:
+        """JSON-able summary of the data for the run record (tokenizes or loads the cache if not done yet; with
+        load=False, as `hpeft inspect` asks, token counts only when the tokens are already in memory)."""
+        tokens = self._load() if load or self._tokens is not None else None
+        counts = {} if tokens is None else {
+            "tokens": {s: len(tokens[s]) for s in SPLITS},
+            "blocks": {s: len(tokens[s]) // (self.seq_len + 1) for s in SPLITS},
+        }
         return {
             "name": "text",
             "dataset": self.source_name,
@@ -411,8 +416,7 @@ class TextDataModule(SplitLoaders, L.LightningDataModule):
             "tokenizer": self.tokenizer_name,
             "vocab_size": self.vocab_size,
             "seq_len": self.seq_len,
-            "tokens": {s: len(tokens[s]) for s in SPLITS},
-            "blocks": {s: len(tokens[s]) // (self.seq_len + 1) for s in SPLITS},
+            **counts,
             "max_tokens": self.max_tokens,
             "seed": self.seed,
             "format": FORMAT_VERSION,

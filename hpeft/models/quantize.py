@@ -27,17 +27,7 @@ def quantize_4bit(model: nn.Module, targets: list[str] | None = None, exclude: l
 
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"quant_type={quant_type!r}; valid: {list(QUANT_TYPES)}")
-    chosen = []
-    for name, module in model.named_modules():
-        linear = isinstance(module, nn.Linear) or is_transposed_linear(module)
-        if not linear or _is_4bit(module) or any(match(p, logical_name(name)) for p in exclude):
-            continue
-        if targets is None or any(match(p, logical_name(name)) for p in targets):
-            chosen.append((name, module))
-    if not chosen:
-        kinds = sorted({type(m).__name__ for _, m in model.named_modules()})[:12]
-        raise ValueError(f"quantisation found no linear layer to quantise (targets={targets}, exclude={list(exclude)}); "
-                         f"the model's module types: {kinds}")
+    chosen = quantizable(model, targets, exclude)
     for name, module in chosen:
         weight = module.weight.detach()
         weight = weight.T if is_transposed_linear(module) else weight  # Conv1D stores [in, out]
@@ -50,6 +40,22 @@ def quantize_4bit(model: nn.Module, targets: list[str] | None = None, exclude: l
             q.bias = nn.Parameter(module.bias.detach().float().clone(), requires_grad=False)
         set_submodule(model, name, q.to(weight.device))  # moving the Params4bit quantises it
     return [name for name, _ in chosen]
+
+
+def quantizable(model: nn.Module, targets: list[str] | None = None, exclude: list[str] = ("lm_head", "head")) -> list:
+    """The (name, module) pairs quantize_4bit would replace; raises when there are none."""
+    chosen = []
+    for name, module in model.named_modules():
+        linear = isinstance(module, nn.Linear) or is_transposed_linear(module)
+        if not linear or _is_4bit(module) or any(match(p, logical_name(name)) for p in exclude):
+            continue
+        if targets is None or any(match(p, logical_name(name)) for p in targets):
+            chosen.append((name, module))
+    if not chosen:
+        kinds = sorted({type(m).__name__ for _, m in model.named_modules()})[:12]
+        raise ValueError(f"quantisation found no linear layer to quantise (targets={targets}, exclude={list(exclude)}); "
+                         f"the model's module types: {kinds}")
+    return chosen
 
 
 def dequantize(model: nn.Module, dtype: torch.dtype = torch.float32) -> list[str]:
@@ -83,4 +89,18 @@ def weight_bytes(model: nn.Module, quantised_only: bool = False) -> int:
                 total += state.state2.absmax.numel() * state.state2.absmax.element_size()
         elif not quantised_only and (isinstance(module, nn.Linear) or is_transposed_linear(module)):
             total += module.weight.numel() * module.weight.element_size()
+    return total
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of all of `model`'s parameters and buffers as stored: 4-bit layers by their codes and scales."""
+    seen, total = set(), 0
+    for module in model.modules():
+        if _is_4bit(module):
+            seen.add(id(module.weight))
+            total += weight_bytes(module, quantised_only=True)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
     return total

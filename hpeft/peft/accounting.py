@@ -3,6 +3,7 @@ or to the base model (trainable or frozen)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from hpeft.peft.core import logical_name, peft_layers
@@ -37,7 +38,7 @@ def parameter_report(model: nn.Module) -> dict:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        n = p.numel()
+        n = logical_numel(p)
         total += n
         trainable += n if p.requires_grad else 0
         if id(p) in method_params:
@@ -56,3 +57,11 @@ def parameter_report(model: nn.Module) -> dict:
         "methods": [{"name": k, **v} for k, v in per_method.items()],
         "layers": layers,
     }
+
+
+def logical_numel(p: torch.Tensor) -> int:
+    """How many parameters `p` stands for: a 4-bit weight (bitsandbytes Params4bit) packs two codes per byte
+    in a flat tensor, and counts as the weight it encodes."""
+    state = getattr(p, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else p.numel()

@@ -64,10 +64,12 @@ def linear_dims(module: nn.Module) -> tuple[int, int]:
 
 
 def weight_options(module: nn.Module) -> dict:
-    """device and dtype for a method's new parameters: those of the base module's weights (float32 where
-    the base stores integers, as quantised layers do)."""
-    w = next(raw_module(module).parameters())
-    return {"device": w.device, "dtype": w.dtype if w.is_floating_point() else torch.float32}
+    """device and dtype for a method's new parameters: those of the base module's weights, or where the base
+    stores integers (4-bit layers) the dtype it computes in (bitsandbytes' `compute_dtype`), else float32."""
+    raw = raw_module(module)
+    w = next(raw.parameters())
+    compute = getattr(raw, "compute_dtype", None)
+    return {"device": w.device, "dtype": w.dtype if w.is_floating_point() else (compute or torch.float32)}
 
 
 class PeftLayer(nn.Module):

@@ -23,7 +23,25 @@ from hpeft.utils.batches import batch_size
 from hpeft.tasks.registry import TASKS
 
 
+def warmup_cosine(warmup: int, total: int, cosine: bool):
+    """The learning-rate factor at each step: linear warm-up over `warmup` steps, then constant or a cosine
+    to 0 at step `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
 class Hybrid(L.LightningModule):
+    # Arguments kept out of the checkpoint's hyper_parameters: objects that would need pickle to load.
+    hparams_ignore = ("methods", "backbone")
+
     def __init__(
         self,
         methods: list[MethodSpec] = [],  # noqa: B006 - shown as the default in --help
@@ -73,7 +91,7 @@ class Hybrid(L.LightningModule):
                 raise ValueError(f"method_lr / method_freeze_steps: {name}={value} must be positive (steps: non-negative)")
         if grad_clip_norm is not None and grad_clip_norm <= 0:
             raise ValueError(f"grad_clip_norm={grad_clip_norm} must be positive (or null for no clipping)")
-        self.save_hyperparameters(ignore=["methods", "backbone"])
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.backbone_config = backbone if backbone is not None else ChannelTransformerConfig()
         self.backbone_config.check(tuple(data_shape))
         self.data_shape = tuple(data_shape)
@@ -145,24 +163,26 @@ class Hybrid(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         # A method still frozen drops its gradients: AdamW then neither moves it nor builds moments for it,
         # so it starts fresh when its freeze ends, and its gradients do not count towards clipping.
-        step, freeze = self.trainer.global_step, self.hparams.method_freeze_steps or {}
+        step, freeze = self.trainer.global_step, self.hparams.get("method_freeze_steps") or {}
         for group in optimizer.param_groups:
             if step < freeze.get(group.get("name"), 0):
                 for p in group["params"]:
                     p.grad = None
-        if self.hparams.grad_clip_norm:
+        if self.hparams.get("grad_clip_norm"):
             grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(grads, self.hparams.grad_clip_norm)
 
-    def parameter_groups(self) -> list[dict]:
-        """Trainable parameters grouped by method (each with its learning rate); the base's in "base"."""
+    def parameter_groups(self, lr: float | None = None) -> list[dict]:
+        """Trainable parameters grouped by method (each with its learning rate, `lr` or the module's own
+        unless method_lr names the method); the base's in "base"."""
         owner = {id(p): layer.method for _, layer in peft.peft_layers(self.model) for _, p in layer.method_parameters()}
         groups: dict[str, list] = {}
         for p in self.parameters():
             if p.requires_grad:
                 groups.setdefault(owner.get(id(p), "base"), []).append(p)
-        method_lr = self.hparams.method_lr or {}
-        return [{"params": ps, "lr": method_lr.get(name, self.hparams.lr), "name": name} for name, ps in groups.items()]
+        method_lr = self.hparams.get("method_lr") or {}
+        lr = self.hparams.lr if lr is None else lr
+        return [{"params": ps, "lr": method_lr.get(name, lr), "name": name} for name, ps in groups.items()]
 
     def configure_optimizers(self):
         groups = self.parameter_groups()
@@ -172,16 +192,7 @@ class Hybrid(L.LightningModule):
         if not math.isfinite(total):
             raise ValueError("cosine_schedule needs a known run length: set trainer.max_epochs or trainer.max_steps "
                              "(a run bounded by max_time alone has none), or set model.init_args.cosine_schedule: false")
-        total = max(1, int(total))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not self.hparams.cosine_schedule:
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
+        factor = warmup_cosine(warmup, max(1, int(total)), self.hparams.cosine_schedule)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -142,6 +142,7 @@ class RunRecorder(L.Callback):
             "trained_steps": max(previous.get("trained_steps", 0), trainer.global_step),
             "checkpoint": self._checkpoint_facts(trainer, previous.get("checkpoint", {})),
             "layers": facts["layers"],
+            **({"stages": _stages(facts["stages"], previous)} if "stages" in facts else {}),
             "backbone": facts["backbone"],
             "seed": self.seed,
             "stage": trainer.state.fn.value if trainer.state.fn else None,
@@ -150,6 +151,13 @@ class RunRecorder(L.Callback):
             "git": git_commit(),
             **self.extra,
         }
+
+
+def _stages(stages: list[dict], previous: dict) -> list[dict]:
+    """A staged run's figures per stage; a later session (a test from a checkpoint written before the last
+    stage was measured) keeps the figures the summary already has."""
+    before = {s["index"]: s for s in previous.get("stages", [])}
+    return [{**before.get(s["index"], {}), **s} for s in stages]
 
 
 WANDB_CONFIG_KEYS = ("run_id", "task", "metric", "variant", "data", "hparams", "methods")

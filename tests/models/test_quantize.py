@@ -65,3 +65,10 @@ def test_quantisation_bad_input():
         quantize_4bit(nn.Sequential(nn.ReLU(), nn.LayerNorm(4)))
     with pytest.raises(ValueError, match="quant_type='int4'"):
         quantize_4bit(model(), quant_type="int4")
+
+
+def test_parameter_report_counts_4bit_weights_by_the_weights_they_encode():
+    m = model()
+    before = peft.parameter_report(m)["total"]
+    quantize_4bit(m)
+    assert peft.parameter_report(m)["total"] == before  # not the packed bytes (half the codes)
