@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
 from hpeft.models.backbone import BackboneConfig
@@ -16,8 +16,9 @@ from hpeft.utils.atomic import atomic_write
 
 def save_base(model: nn.Module, config: BackboneConfig, grid_shape: tuple[int, int], path: str | Path) -> Path:
     meta = {"backbone": type(config).__name__, "config": json.dumps(config.as_dict()), "grid_shape": json.dumps(list(grid_shape))}
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    # safetensors' save_model/load_model store a tied weight (GPT-2's or Mamba's lm_head = embeddings) once;
+    # save_file refuses tensors that share memory.
+    return atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=meta))
 
 
 def load_base(model: nn.Module, config: BackboneConfig, grid_shape: tuple[int, int], path: str | Path) -> None:
@@ -37,9 +38,12 @@ def load_base(model: nn.Module, config: BackboneConfig, grid_shape: tuple[int, i
     if (saved["backbone"], strip(saved["config"]), saved["grid_shape"]) != (wanted["backbone"], strip(wanted["config"]), wanted["grid_shape"]):
         raise ValueError(f"base checkpoint {path} holds {saved}, but this run builds {wanted}; "
                          "use the same backbone settings and data grid as the pretraining run")
-    state = load_file(str(path))
-    if "pos" in state and "embed.weight" in state and "embed.proj.weight" in model.state_dict():
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+    if "pos" in keys and "embed.weight" in keys and "embed.proj.weight" in model.state_dict():
         # Written before the token embedding became its own module (hpeft 0.1): same weights, other names.
         state = {{"pos": "embed.pos", "embed.weight": "embed.proj.weight", "embed.bias": "embed.proj.bias"}.get(k, k): v
-                 for k, v in state.items()}
-    model.load_state_dict(state)
+                 for k, v in load_file(str(path)).items()}
+        model.load_state_dict(state)
+        return
+    load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))

@@ -29,3 +29,23 @@ def test_base_round_trip_and_the_old_embedding_names(tmp_path):
     older = config.build(GRID)
     load_base(older, config, GRID, tmp_path / "old.safetensors")
     assert torch.equal(older(x), trained(x))
+
+
+def test_base_with_tied_weights_round_trips(tmp_path):
+    """GPT-2 ties lm_head to the token embeddings: the base file stores the shared tensor once and loads
+    it back into both (safetensors' save_file alone refuses shared tensors)."""
+    import torch
+
+    from hpeft.models import HFCausalLMConfig
+    from hpeft.models.base_checkpoint import load_base, save_base
+
+    config = HFCausalLMConfig(config={"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 256,
+                                      "n_positions": 64})
+    torch.manual_seed(0)
+    model = config.build((32, 256))
+    save_base(model, config, (32, 256), tmp_path / "base.safetensors")
+    torch.manual_seed(1)
+    again = config.build((32, 256))
+    load_base(again, config, (32, 256), tmp_path / "base.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert again.model.lm_head.weight is again.model.transformer.wte.weight  # still tied

@@ -244,3 +244,30 @@ def test_quantising_a_model_without_linear_layers_fails_before_training():
     with pytest.raises(ValueError, match="no linear layer to quantise"):
         Staged(stages=[{"name": "q", "methods": ["bitfit"], "steps": 2}, {"name": "q4", "quantize": "nf4", "methods": []}],
                backbone=ConvOnly(), data_shape=GRID)
+
+
+def test_prompt_then_prompt_lora_then_full_trains_on_channel_data(tmp_path, cache_dir):
+    """Three step-bounded stages on real (Sionna) channel data over hpeft's own backbone: each boundary
+    changes what trains, and the validation loss falls."""
+    from tests.tasks.test_variants import data_module, val_loss
+
+    torch.manual_seed(0)
+    m = channel_staged([
+        Stage(name="prompt", methods=[peft.Prompt(length=4)], lr=0.01, steps=8, cosine_schedule=False),
+        Stage(name="prompt_lora", methods=[peft.LoRA(rank=4)], lr=0.01, steps=8, merge=True),
+        Stage(name="full", train_base=True, lr=0.003, steps=8),
+    ])
+    data = data_module(cache_dir)
+    data.setup("fit")
+    before = val_loss(m, data)
+    t = L.Trainer(max_steps=100, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                  default_root_dir=str(tmp_path), num_sanity_val_steps=0, limit_val_batches=1)
+    t.fit(m, datamodule=data)
+    assert t.global_step == 24  # the bounded last stage stopped the run, not max_steps
+    assert [m.stage_records[i]["trained_steps"] for i in range(3)] == [8, 8, 8]
+    trainable = [m.stage_records[i]["trainable_params"] for i in range(3)]
+    assert trainable[0] < trainable[1] < trainable[2] == sum(p.numel() for p in m.model.parameters())
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("after-*.ckpt")) == [
+        "after-0-prompt.ckpt", "after-1-prompt_lora.ckpt"]
+    assert {layer.method for _, layer in peft.peft_layers(m.model)} == {"prompt"}  # LoRA merged, the prompt stays
+    assert val_loss(m, data) < 0.9 * before
