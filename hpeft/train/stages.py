@@ -146,6 +146,17 @@ def device_peak_reset(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def rewrap_ddp(trainer) -> None:
+    """DDP all-reduces only the parameters that required gradients when it wrapped the model; a stage that
+    trains other parameters needs the model wrapped again, or their gradients would differ between ranks."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and strategy.model is not trainer.lightning_module:
+        strategy.model = trainer.lightning_module
+        strategy.configure_ddp()
+
+
 class StageSchedule(L.Callback):
     """Ends each stage at its epoch or step count: asks the module to change the model (`end_stage`,
     `begin_stage`), builds the next stage's optimizer and scheduler, writes `after-<i>-<name>.ckpt` into
@@ -229,6 +240,7 @@ class StageSchedule(L.Callback):
             return
         epoch_end = trainer.current_epoch + (1 if self._at_epoch_end(trainer) else 0)
         pl_module.begin_stage(pl_module.stage_index + 1, step=trainer.global_step, epoch=epoch_end)
+        rewrap_ddp(trainer)
         trainer.strategy.setup_optimizers(trainer)  # the new stage's optimizer and scheduler
         folder = self.checkpoint_dir or Path(getattr(trainer.checkpoint_callback, "dirpath", None)
                                              or Path(trainer.default_root_dir) / "checkpoints")
