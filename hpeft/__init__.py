@@ -23,6 +23,7 @@ _LAZY = {
     "HybridMAM": "hpeft.tasks",
     "HybridLoRAAdapter": "hpeft.tasks",
     "HybridS4": "hpeft.tasks",
+    "MambaPillars": "hpeft.tasks",
     "Staged": "hpeft.tasks",
     "Ensemble": "hpeft.tasks",
     "ChannelDataModule": "hpeft.data",

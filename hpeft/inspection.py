@@ -56,6 +56,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         for row in p["layers"]:
             layers.add_row(row["module"], row["method"], f"{row['params']:,}", f"{row['deployed']:,}")
         console.print(layers)
+    print_pillar_tables(info.get("hparams") or {}, info["backbone"], console)
     f = info["flops"]
     console.print(f"FLOPs per sample: forward {f['forward_per_sample']:,}, train step {f['train_step_per_sample']:,}")
 
@@ -75,3 +76,30 @@ def inspect_command(argv: list[str]) -> None:
         print(json.dumps(info))
     else:
         print_inspection(info)
+
+
+def print_pillar_tables(hp: dict, backbone: dict, console: Console) -> None:
+    """MambaPillars' per-layer tables: which method each module got and its importance score (pillar 3), and
+    how many inner channels each layer's hard mask keeps (pillar 2)."""
+    table = hp.get("layer_allocation")
+    if table:
+        modules = list(dict.fromkeys(m for row in table.values() for m in row))
+        t = Table(title="Per-layer allocation: method and importance score", caption=f"scores: {hp.get('importance_source')}")
+        t.add_column("layer", justify="right")
+        for m in modules:
+            t.add_column(m)
+        for layer in sorted(table, key=int):
+            row = table[layer]
+            t.add_row(str(layer), *(f"{row[m]['method']} {row[m]['score']:.3g}" if m in row else "" for m in modules))
+        console.print(t)
+    kept = hp.get("mask_kept_channels")
+    if kept:
+        inner = backbone.get("expand", 0) * backbone.get("d_model", 0)
+        t = Table(title="Hard masks: inner channels kept per layer",
+                  caption=f"deployed model: {hp.get('mask_deployed_params', 0):,} parameters", min_width=48)
+        for col in ("layer", "kept", "of", "share"):
+            t.add_column(col, justify="right")
+        for layer in sorted(kept, key=int):
+            n = len(kept[layer])
+            t.add_row(str(layer), str(n), str(inner), f"{n / inner:.2f}" if inner else "")
+        console.print(t)

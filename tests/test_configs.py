@@ -25,6 +25,11 @@ HUB_STANDINS = {
                                 "sliding_window": 64}},
         "data": {"files": [str(REPO / "README.md")], "tokenizer": "byte", "seq_len": 128},
     },
+    # MambaConfig's `pretrained` folder of the mamba-130m-hf checkpoint (and its tokenizer): a tiny random Mamba.
+    "checkpoints/mamba-130m-hf": {
+        "backbone": {"pretrained": None, "d_model": 32, "layers": 2, "dt_rank": 8, "vocab_size": None},
+        "data": {"files": [str(REPO / "README.md")], "tokenizer": "byte", "seq_len": 128},
+    },
 }
 
 
@@ -33,10 +38,10 @@ def with_standins(config: Path, folder: Path) -> Path:
 
     cfg = yaml.safe_load(config.read_text())
     backbone = cfg["model"]["init_args"].get("backbone", {}).get("init_args", {})
-    standin = HUB_STANDINS.get(backbone.get("model"))
+    standin = HUB_STANDINS.get(backbone.get("model") or backbone.get("pretrained"))
     if standin is None:
         return config
-    backbone.pop("model")
+    backbone.pop("model", None)
     backbone.update(standin["backbone"])
     data = cfg["data"]["init_args"]
     for key in ("dataset", "dataset_config", "data_files"):
@@ -47,9 +52,14 @@ def with_standins(config: Path, folder: Path) -> Path:
     return out
 
 
+def lora_params(layers, d_model, d_ff, rank):
+    # q and v are d x d, ffn.0 is d -> d_ff
+    return layers * rank * (2 * (d_model + d_model) + (d_model + d_ff))
+
+
 def expected_trainable(variant: str, hp: dict, b: dict) -> int | None:
     """The trainable count by formula for the seed 000 table's variants (None: checked elsewhere)."""
-    if "d_model" not in b:  # not a ChannelTransformer
+    if "d_ff" not in b:  # not a ChannelTransformer
         return None
     d, layers, d_ff = b["d_model"], b["layers"], b["d_ff"]
     if variant == "LoRAOnly":

@@ -2,6 +2,7 @@ from hpeft.tasks.base import Hybrid
 from hpeft.tasks.ensemble import Ensemble
 from hpeft.tasks.channel import ChannelEstimationTask
 from hpeft.tasks.lm import LanguageModelingTask
+from hpeft.tasks.mamba_variants import MambaPillars
 from hpeft.tasks.registry import TASKS
 from hpeft.tasks.staged import Staged
 from hpeft.tasks.variants import (
@@ -26,4 +27,6 @@ VARIANTS = [
     "Pretrain", "LoRAOnly", "PromptOnly", "PrefixOnly", "AdapterOnly", "IA3Only", "BitFitOnly", "CompacterOnly",
     "SparseAdapterOnly", "HybridPromptLoRA", "HybridUniPELT", "HybridMAM", "HybridLoRAAdapter", "HybridS4",
 ]
-__all__ = ["TASKS", "VARIANTS", "ChannelEstimationTask", "LanguageModelingTask", "Hybrid", "Preset", "Staged", "Ensemble", *VARIANTS]
+# Variants of one backbone family (not in VARIANTS, whose tests run every variant on the ChannelTransformer).
+MAMBA_VARIANTS = ["MambaPillars"]
+__all__ = ["TASKS", "VARIANTS", "MAMBA_VARIANTS", "MambaPillars", "ChannelEstimationTask", "LanguageModelingTask", "Hybrid", "Preset", "Staged", "Ensemble", *VARIANTS]
