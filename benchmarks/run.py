@@ -1,6 +1,6 @@
 """Run the hpeft benchmarks, print their tables and write bench_out/results.json (atomically).
 
-    python -m benchmarks.run [--quick] [--only overhead|data|methods|mamba|search|staged] [--threads N] [--repeats N] [--out DIR]
+    python -m benchmarks.run [--quick] [--only overhead|data|methods|mamba|search|staged|mask] [--threads N] [--repeats N] [--out DIR]
 
 --quick: fewer scenarios and samples, 3 repeats (under ~2 minutes on a warm data cache).
 See benchmarks/README.md for what each benchmark measures and how to read the ratios.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 # name -> module in benchmarks/; each has run(out_dir, quick=, repeats=, threads=) and tables(result) (or table).
 MODULES = {"overhead": "platform_overhead", "data": "data_throughput", "methods": "peft_methods", "mamba": "mamba_scan",
-           "search": "search_throughput", "staged": "staged_training"}
+           "search": "search_throughput", "staged": "staged_training", "mask": "mamba_mask"}
 BENCHMARKS = tuple(MODULES)
 
 

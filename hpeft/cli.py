@@ -3,6 +3,7 @@
     hpeft fit|validate|test|predict --config CFG [--model.lora_rank 8 ...]   LightningCLI (subclass mode)
     hpeft inspect --config CFG [--json]   parameter and FLOPs accounting without training
     hpeft data --config CFG               generate and cache the config's dataset
+    hpeft search --config SEARCH.yaml [--storage URL] [--workers N]   an Optuna study of fit runs (sweeps/optuna/)
     hpeft report --runs runs/ [--storage URL --study NAME] [--wandb ENTITY/PROJECT] --out report.html
     hpeft dashboard [--runs runs/] [--port 8050]   serve the report on 127.0.0.1, rebuilt as runs land
 
@@ -219,6 +220,10 @@ def main(argv: list[str] | None = None) -> None:
         from hpeft.data.command import data_command
 
         return data_command(argv[1:])
+    if command == "search":
+        from hpeft.search.command import search_command
+
+        return search_command(argv[1:])
     if command in ("report", "dashboard"):
         from hpeft.report import command as report
 
@@ -234,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             sys.argv = argv0
         return None
-    _fail(f"unknown command {command!r}; valid commands: {[*TRAINER_COMMANDS, 'inspect', 'data', 'report', 'dashboard']}")
+    _fail(f"unknown command {command!r}; valid commands: {[*TRAINER_COMMANDS, 'inspect', 'data', 'search', 'report', 'dashboard']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""One worker's loop over a shared study.
+
+n_trials counts across every worker on the study (on any machine): a worker starts a trial only while
+COMPLETE + PRUNED + RUNNING trials number fewer than n_trials, checked and started under a lock so two
+workers never both take the last one. A worker with nothing left to start waits while others still run
+trials, looking for stale ones: if their worker dies, the heartbeat check fails the trial, the retry
+callback enqueues it again, and this worker runs it. So a study ends with exactly n_trials finished."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import optuna
+from optuna.trial import TrialState
+
+from hpeft.search.config import SearchConfig
+from hpeft.search.errors import SearchError
+from hpeft.search.samplers import make_pruner, make_sampler, worker_index
+from hpeft.search.storage import fail_stale_trials, open_storage, study_directions, trial_start_lock
+from hpeft.search.trial import run_trial
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def open_study(config: SearchConfig, url: str) -> optuna.Study:
+    """Create the study, or load it to resume; refuses one created with other objective directions."""
+    storage = open_storage(url, config.heartbeat)
+    directions = [o.direction for o in config.objectives]
+    existing = study_directions(storage, config.study)
+    if existing is not None and existing != directions:
+        raise SearchError(f"study {config.study!r} already exists in this storage with directions {existing}; "
+                          f"this config has {directions}: use another --study-name")
+    return optuna.create_study(
+        study_name=config.study, storage=storage, directions=directions, load_if_exists=True,
+        sampler=make_sampler(config.sampler, config.space, worker_index()), pruner=make_pruner(config.pruner, len(config.objectives)),
+    )
+
+
+def trial_counts(study: optuna.Study) -> Counter:
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
+def run_worker(config: SearchConfig, url: str, poll_seconds: float | None = None) -> int:
+    """Run trials until the study has its n_trials (or this worker's timeout passes); returns how many it ran."""
+    study = open_study(config, url)
+    target = config.total_trials
+    poll = poll_seconds if poll_seconds is not None else max(1.0, config.heartbeat["interval"] / 2)
+    deadline = time.monotonic() + config.timeout if config.timeout else None
+    ran = 0
+    release_box: list = [lambda: None]
+
+    def objective(trial: optuna.Trial):
+        release_box[0]()  # the trial exists now (RUNNING): other workers may count it and start theirs
+        return run_trial(trial, config)
+
+    while deadline is None or time.monotonic() < deadline:
+        with trial_start_lock(url, config.study) as release:
+            fail_stale_trials(study)  # a dead worker's trial: FAILED, and enqueued again
+            counts = trial_counts(study)
+            finished = sum(counts[s] for s in FINISHED)
+            if finished >= target:
+                break
+            if finished + counts[TrialState.RUNNING] >= target:
+                release()
+                time.sleep(poll)  # the last trials are running elsewhere; stay until they finish or go stale
+                continue
+            release_box[0] = release
+            study.optimize(objective, n_trials=1, catch=())
+            ran += 1
+    return ran
