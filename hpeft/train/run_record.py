@@ -66,7 +66,9 @@ class RunRecorder(L.Callback):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config_path = self.run_dir / "config.yaml"
             # A resumed run keeps the config it started with; the resume's own goes beside it.
-            target = config_path if not config_path.exists() else self.run_dir / f"config.{stage}.yaml"
+            # Lightning passes a TrainerFn (a str enum, which f-strings render as "TrainerFn.TESTING"): its value.
+            name = getattr(stage, "value", stage)
+            target = config_path if not config_path.exists() else self.run_dir / f"config.{name}.yaml"
             atomic_write_text(target, self.config_yaml)
 
     def on_fit_end(self, trainer, pl_module) -> None:

@@ -45,6 +45,8 @@ def test_ensemble_of_two_runs_is_their_probability_mixture(members):
     s = summary(ensemble_run)
     assert s["variant"] == "Ensemble" and s["params"]["trainable"] == 0
     assert s["params"]["total"] == sum(summary(r)["params"]["total"] for r in runs)
+    # The test after fit wrote its own config beside the fit's (named by the stage's value, not its enum repr).
+    assert all(sorted(p.name for p in r.glob("config*.yaml")) == ["config.test.yaml", "config.yaml"] for r in runs)
     for run, stage in zip(runs, ("qlora", "galore")):  # each member's run record has its stage's figures
         (record,) = summary(run)["stages"]
         assert record["name"] == stage and record["completed"] and record["optimizer_state_bytes"] > 0
