@@ -12,7 +12,6 @@ stage changes before its weights load."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
@@ -27,13 +26,6 @@ from hpeft.train.stages import Stage, StageSchedule, check_stages
 
 def _is_4bit(module) -> bool:
     return type(module).__name__ == "Linear4bit"
-
-
-def _fingerprint(module) -> str:
-    """A 4-bit layer's codes and scales, hashed: a resume checks it re-quantised the same base."""
-    digest = hashlib.sha256(module.weight.data.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(module.weight.quant_state.absmax.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:24]
 
 
 class Staged(Hybrid):
@@ -189,20 +181,9 @@ class Staged(Hybrid):
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # bitsandbytes' Linear4bit cannot load its own state_dict (its quant-state keys come back unexpected),
-        # so 4-bit layers are not saved: they are frozen copies of the base, and a resume re-quantises the same
-        # base (from its model name, base checkpoint or seed) and checks it got the same codes.
-        fingerprints = {}
-        state = checkpoint["state_dict"]
-        for name, module in self.model.named_modules():
-            if _is_4bit(module):
-                prefix = f"model.{name}.weight"
-                for key in [k for k in state if k == prefix or k.startswith(prefix + ".")]:
-                    del state[key]
-                fingerprints[name] = _fingerprint(module)
         checkpoint["hpeft_stage"] = {
             "index": self.stage_index, "start": dict(self.stage_start), "quantized": self.quantized,
-            "records": {str(i): r for i, r in self.stage_records.items()}, "fingerprints": fingerprints,
+            "records": {str(i): r for i, r in self.stage_records.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -210,8 +191,8 @@ class Staged(Hybrid):
         if saved is None:
             raise ValueError("this checkpoint was not written by a Staged run (it has no stage state)")
         target = saved["index"]
-        if target < self.stage_index:
-            raise ValueError(f"the model is already at stage {self.stage_index}, past the checkpoint's stage {target}")
+        if target < self.stage_index:  # e.g. testing the best checkpoint, from an earlier stage, after fit
+            self._rebuild()
         while self.stage_index < target:  # the same changes the run made, so the shapes match its weights
             self.end_stage()
             if self.stage_index + 1 < len(self.stages):
@@ -221,18 +202,32 @@ class Staged(Hybrid):
         self.stage_start = dict(saved["start"])
         # Figures measured in this process (a test right after fit) are newer than the checkpoint's.
         self.stage_records = {**{int(i): r for i, r in saved["records"].items()}, **self.stage_records}
-        self._restore_4bit(checkpoint, saved["fingerprints"])
+        self._restore_4bit(checkpoint["state_dict"])
 
-    def _restore_4bit(self, checkpoint: dict, fingerprints: dict) -> None:
-        present = {name: m for name, m in self.model.named_modules() if _is_4bit(m)}
-        if set(present) != set(fingerprints):
-            raise ValueError(f"the checkpoint's 4-bit layers {sorted(fingerprints)[:4]}... do not match this model's "
-                             f"{sorted(present)[:4]}...: was it written with another stage list?")
-        for name, module in present.items():
-            if _fingerprint(module) != fingerprints[name]:
-                raise ValueError(f"the re-quantised base layer {name} differs from the one this checkpoint was trained "
-                                 "on: the base weights changed (model, base_checkpoint or seed_everything)")
-            checkpoint["state_dict"][f"model.{name}.weight"] = module.weight
+    def _rebuild(self) -> None:
+        """The model as __init__ built it (base weights are overwritten by the checkpoint's anyway)."""
+        self.model = self.backbone_config.build(self.data_shape, self.task.in_channels, self.task.out_channels)
+        self.model.to(self.device)
+        self.quantized, self.stage_index = None, 0
+        self.begin_stage(0, step=0, epoch=0)
+
+    def _restore_4bit(self, state: dict) -> None:
+        """bitsandbytes' Linear4bit saves its codes and quantisation state but does not load them back through
+        load_state_dict (its state keys come back as unexpected): rebuild each 4-bit weight from its saved codes
+        and state with bitsandbytes' own Params4bit.from_prequantized, then let the strict load take it as is."""
+        import bitsandbytes as bnb
+
+        for name, module in self.model.named_modules():
+            if not _is_4bit(module):
+                continue
+            key = f"model.{name}.weight"
+            if key not in state:
+                raise ValueError(f"the checkpoint has no 4-bit weight {key}: was it written with another stage list?")
+            stats = {k[len(key) + 1:]: state.pop(k) for k in [k for k in state if k.startswith(key + ".")]}
+            module.weight = bnb.nn.Params4bit.from_prequantized(data=state.pop(key), quantized_stats=stats,
+                                                                requires_grad=False, device=module.weight.device,
+                                                                module=module)
+            state[key] = module.weight
 
     # -- run record -------------------------------------------------------------------------------------------
     def variant_hparams(self) -> dict:

@@ -20,6 +20,7 @@ from hpeft.peft.core import MethodSpec
 from hpeft.train.efficiency import rss_bytes
 
 OPTIMIZERS = ("adamw", "galore")
+RSS_EVERY = 10  # CPU peak memory is sampled every this many batches (as EfficiencyMeter does)
 QUANT_TYPES = ("nf4", "fp4")
 
 
@@ -169,7 +170,7 @@ class StageSchedule(L.Callback):
 
     def _reset(self) -> None:
         self._t0 = time.perf_counter()
-        self._loss_sum, self._loss_steps, self._rss = 0.0, 0, 0
+        self._loss_sum, self._loss_steps, self._rss = None, 0, 0  # the sum stays on the device: no sync per step
         self._val: dict = {}
 
     # -- measuring the stage that runs ------------------------------------------------------------
@@ -185,9 +186,10 @@ class StageSchedule(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
-            self._loss_sum += float(loss.detach())
+            self._loss_sum = loss.detach() if self._loss_sum is None else self._loss_sum + loss.detach()
             self._loss_steps += 1
-        self._rss = max(self._rss, rss_bytes())
+        if pl_module.device.type == "cpu" and self._loss_steps % RSS_EVERY == 0:  # CUDA has its own peak counter
+            self._rss = max(self._rss, rss_bytes())
         if pl_module.stage_finished(trainer.global_step, trainer.current_epoch, epoch_end=False):
             self._advance(trainer, pl_module)
 
@@ -200,20 +202,33 @@ class StageSchedule(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if pl_module.stage_index < len(pl_module.stages):  # stopped inside a stage (the trainer's own limit)
             stage = pl_module.stages[pl_module.stage_index]
-            pl_module.record_stage({**self._figures(trainer, pl_module), "completed": not stage.bounded})
+            self._record(trainer, pl_module, {**self._figures(trainer, pl_module), "completed": not stage.bounded})
+
+    @staticmethod
+    def _record(trainer, pl_module, figures: dict) -> None:
+        """The stage's figures to the module (summary.json) and to the loggers (W&B: stage/<name>/<figure>)."""
+        pl_module.record_stage(figures)
+        name = pl_module.stages[pl_module.stage_index].name
+        flat = {**figures, **{f"flops_{k}": v for k, v in figures["flops"].items()}}
+        for logger in trainer.loggers:
+            logger.log_metrics({f"stage/{name}/{k}": v for k, v in flat.items() if isinstance(v, (int, float))},
+                               step=trainer.global_step)
 
     def _figures(self, trainer, pl_module) -> dict:
         from hpeft.models.quantize import model_bytes
+        from hpeft.train.efficiency import measure_flops, peak_memory
         from hpeft.train.optimizers import state_bytes
 
-        device = pl_module.device
-        mean_loss = self._loss_sum / self._loss_steps if self._loss_steps else None
+        mean_loss = float(self._loss_sum) / self._loss_steps if self._loss_steps else None
+        peak = peak_memory(pl_module.device, self._rss)
         figures = {
             "train_loss": mean_loss,
             "trained_steps": trainer.global_step - pl_module.stage_start["step"],
             "seconds": time.perf_counter() - self._t0,
-            "peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else max(self._rss, rss_bytes()),
-            "peak_device": device.type,
+            "peak_bytes": peak["peak_bytes"],
+            "peak_device": peak["device"],
+            # The model changes between stages; summary.json's top-level flops are the first stage's.
+            "flops": measure_flops(pl_module),
             "weight_bytes": model_bytes(pl_module.model),
             "optimizer_state_bytes": sum(state_bytes(o) for o in trainer.optimizers),
             **{k: v for k, v in self._val.items()},
@@ -226,12 +241,7 @@ class StageSchedule(L.Callback):
 
     # -- the boundary --------------------------------------------------------------------------------
     def _advance(self, trainer, pl_module) -> None:
-        figures = {**self._figures(trainer, pl_module), "completed": True}
-        pl_module.record_stage(figures)
-        for logger in trainer.loggers:
-            name = pl_module.stages[pl_module.stage_index].name
-            logger.log_metrics({f"stage/{name}/{k}": v for k, v in figures.items() if isinstance(v, (int, float))},
-                               step=trainer.global_step)
+        self._record(trainer, pl_module, {**self._figures(trainer, pl_module), "completed": True})
         ended = pl_module.stage_index
         pl_module.end_stage()
         if pl_module.stage_index + 1 >= len(pl_module.stages):

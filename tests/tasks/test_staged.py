@@ -10,6 +10,7 @@ import lightning.pytorch as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from hpeft import Staged, TextDataModule, peft
@@ -57,8 +58,8 @@ def qlora_galore(family: str, data_shape, galore_epochs=1, gap=200) -> Staged:
     )
 
 
-def trainer(tmp_path, epochs, callbacks=()) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+def trainer(tmp_path, epochs, callbacks=(), logger=False) -> L.Trainer:
+    return L.Trainer(max_epochs=epochs, logger=logger, enable_progress_bar=False, enable_model_summary=False,
                      default_root_dir=str(tmp_path), deterministic=True, limit_val_batches=2,
                      callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True), *callbacks])
 
@@ -93,7 +94,7 @@ def test_qlora_to_galore_trains_and_records_each_stage(text, tmp_path):
     start = trainer(tmp_path, 1).validate(qlora_galore("gemma3_text", dm.data_shape), dm, verbose=False)[0]["val/perplexity"]
     L.seed_everything(0)
     m = qlora_galore("gemma3_text", dm.data_shape)  # the same start as the model validated above
-    t = trainer(tmp_path, epochs=2)
+    t = trainer(tmp_path, epochs=2, logger=CSVLogger(tmp_path, name="csv"))
     t.fit(m, dm)
     qlora, galore = (m.stage_records[i] for i in (0, 1))
     per_epoch = t.num_training_batches
@@ -116,6 +117,12 @@ def test_qlora_to_galore_trains_and_records_each_stage(text, tmp_path):
     assert qlora["optimizer_state_bytes"] == 4 * (2 * lora + len([1 for _ in range(2 * 3 * 2)]))  # moments + step
     ckpts = sorted(q.name for q in (tmp_path / "checkpoints").glob("*.ckpt"))
     assert "after-0-qlora.ckpt" in ckpts
+    # The loggers (W&B in a real run; Lightning's CSV logger here) got each stage's figures.
+    logged = next((tmp_path / "csv").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    for stage in ("qlora", "galore"):
+        assert {f"stage/{stage}/peak_bytes", f"stage/{stage}/optimizer_state_bytes", f"stage/{stage}/train_loss",
+                f"stage/{stage}/flops_forward_per_sample"} <= set(logged)
+    assert qlora["flops"]["train_step_per_sample"] < galore["flops"]["train_step_per_sample"]  # frozen 4-bit base
 
 
 class Killed(Exception):
@@ -165,7 +172,10 @@ def test_resume_inside_stage_2_ends_with_the_uninterrupted_weights(text, tmp_pat
     assert m.stage_records[1]["resumed_at_step"] == 2 * m.trainer.num_training_batches
 
 
-def test_stage_1_checkpoint_reloads_its_4bit_base_and_refuses_another(text, tmp_path):
+def test_stage_1_checkpoint_restores_its_4bit_layers_into_any_fresh_model(text, tmp_path):
+    """A QLoRA checkpoint holds the 4-bit codes and their quantisation state; loading rebuilds them with
+    bitsandbytes' own Params4bit.from_prequantized, so even a model built from another random base ends
+    with the run's exact weights and outputs."""
     L.seed_everything(0)
     dm = datamodule(text, tmp_path)
     m = qlora_galore("gpt2", dm.data_shape)
@@ -175,18 +185,48 @@ def test_stage_1_checkpoint_reloads_its_4bit_base_and_refuses_another(text, tmp_
     assert m.stage_index == 0 and four_bit(m.model)
     t.save_checkpoint(tmp_path / "checkpoints/last.ckpt")
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
-    assert not any(k.endswith(".weight.absmax") for k in ckpt["state_dict"])  # 4-bit layers are re-derived
-    L.seed_everything(0)
-    again = qlora_galore("gpt2", dm.data_shape)
-    again.on_load_checkpoint(ckpt)
-    again.load_state_dict(ckpt["state_dict"])
+    assert any(k.endswith(".weight.absmax") for k in ckpt["state_dict"])
+    L.seed_everything(1)  # another random base: its own 4-bit codes differ from the run's
+    other = qlora_galore("gpt2", dm.data_shape)
     x = torch.randint(0, 256, (2, SEQ))
     with torch.no_grad():
-        assert torch.equal(m.eval()(x), again.eval()(x))
-    L.seed_everything(1)  # another random base: its 4-bit codes differ from the checkpoint's
-    other = qlora_galore("gpt2", dm.data_shape)
-    with pytest.raises(ValueError, match="re-quantised base layer .* differs"):
-        other.on_load_checkpoint(torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True))
+        assert not torch.equal(m.eval()(x), other.eval()(x))
+    other.on_load_checkpoint(ckpt)
+    other.load_state_dict(ckpt["state_dict"])
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), other.eval()(x))
+
+
+class SaveInStage1(L.Callback):
+    """Writes a checkpoint after step 2 (inside stage 1) and the model's logits on a fixed input then."""
+
+    def __init__(self, path, x):
+        self.path, self.x = path, x
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 2:
+            trainer.save_checkpoint(self.path)
+            with torch.no_grad():
+                self.logits = pl_module.eval()(self.x)
+            pl_module.train()
+
+
+def test_testing_a_checkpoint_from_an_earlier_stage_after_fit(text, tmp_path):
+    """After a two-stage fit the module is past its last stage; testing a checkpoint written inside stage 1
+    (4-bit base with LoRA), as test_after_fit does with an early best.ckpt, rebuilds the model and replays
+    it to that stage: the same logits as when the checkpoint was written."""
+    L.seed_everything(0)
+    dm = datamodule(text, tmp_path)
+    m = qlora_galore("gpt2", dm.data_shape)
+    x = torch.randint(0, 256, (2, SEQ))
+    early = SaveInStage1(tmp_path / "stage1.ckpt", x)
+    t = trainer(tmp_path, epochs=2, callbacks=[early])
+    t.fit(m, dm)
+    assert m.stage_index == 2 and not four_bit(m.model)
+    assert t.test(m, dm, ckpt_path=str(tmp_path / "stage1.ckpt"), verbose=False)[0]["test/perplexity"] > 1
+    assert m.stage_index == 0 and four_bit(m.model) and peft.peft_layers(m.model)
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), early.logits)
 
 
 GRID = (14, 24)
