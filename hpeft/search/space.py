@@ -48,10 +48,11 @@ class Param:
         """Every value, for a grid: the choices, or a range walked by its step."""
         if self.type == "categorical":
             return [encode(c) for c in self.choices]
-        if self.step is None:
+        step = self.step or (1 if self.type == "int" else None)  # an int range steps by 1, as its trials do
+        if step is None:
             raise SearchError(f"space {self.key}: a grid needs every float range to have a step (or give a list of values)")
-        count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-        values = [self.low + i * self.step for i in range(count)]
+        count = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        values = [self.low + i * step for i in range(count)]
         return [int(v) for v in values] if self.type == "int" else [round(v, 12) for v in values]
 
     def probe_values(self) -> list:
@@ -108,7 +109,7 @@ def _range(key: str, kind: str, spec: dict) -> Param:
         raise SearchError(f"space {key}: step={step!r} must be a positive {'integer' if kind == 'int' else 'number'}")
     if log and low <= 0:
         raise SearchError(f"space {key}: log=true needs low > 0, got low={low}")
-    if log and step not in (None, 1):
+    if log and step is not None and not (kind == "int" and step == 1):  # Optuna: log ranges take no step (int: 1)
         raise SearchError(f"space {key}: log=true and step={step} cannot be combined (Optuna samples log ranges without a step)")
     return Param(key, kind, low=low, high=high, step=step, log=log)
 

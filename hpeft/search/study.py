@@ -61,6 +61,10 @@ def run_worker(config: SearchConfig, url: str, poll_seconds: float | None = None
             finished = sum(counts[s] for s in FINISHED)
             if finished >= target:
                 break
+            if counts[TrialState.FAIL] > max(3, target):  # e.g. a NaN objective: FAIL without an exception
+                raise SearchError(f"study {config.study!r}: {counts[TrialState.FAIL]} trials failed (more than "
+                                  f"{max(3, target)}); stopping rather than failing for ever. Their run dirs and "
+                                  "the worker's log say why.")
             if finished + counts[TrialState.RUNNING] >= target:
                 release()
                 time.sleep(poll)  # the last trials are running elsewhere; stay until they finish or go stale

@@ -25,6 +25,8 @@ CASES = [
     ({"space": {"model.init_args.lora_rank": []}}, ["empty choices []"]),
     ({"space": {"model.init_args.lora_rank": ["two"]}}, ["lora_rank = 'two' is refused", "Expected a <class 'int'>"]),
     ({"space": {"model.init_args.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, ["log=true needs low > 0"]),
+    ({"space": {"model.init_args.lr": {"type": "float", "low": 0.001, "high": 1, "log": True, "step": 1}}},
+     ["log=true and step=1 cannot be combined"]),
     ({"space": {"model.init_args.lora_rank": {"type": "integer", "low": 1, "high": 2}}}, ["type 'integer'", "'int', 'float', 'categorical'"]),
     ({"sampler": {"type": "cmaes"}}, ["sampler 'cmaes'", "'tpe', 'nsga2', 'gp', 'grid', 'random'"]),
     ({"sampler": {"type": "tpe", "n_startup": 3}}, ["unknown options ['n_startup']", "n_startup_trials"]),
@@ -96,6 +98,7 @@ def test_dry_run_prints_every_grid_point(tmp_path, cache_dir, monkeypatch, capsy
 def test_space_values_round_trip_through_optuna_and_the_command_line():
     space = parse_space({"a": {"type": "float", "low": 0.1, "high": 0.5, "step": 0.2}, "b": [["x", "y"], 3, None]})
     assert space["a"].grid_values() == [0.1, 0.3, 0.5]
+    assert parse_space({"r": {"type": "int", "low": 2, "high": 5}})["r"].grid_values() == [2, 3, 4, 5]  # step 1
     assert [decode(encode(c)) for c in space["b"].choices] == [["x", "y"], 3, None]
     assert encode(["x", "y"]) == 'json:["x", "y"]'  # Optuna stores only primitives
     assert len(grid_points(space)) == 9
