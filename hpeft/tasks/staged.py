@@ -21,6 +21,7 @@ from hpeft.models.backbone import BackboneConfig
 from hpeft.models.quantize import dequantize, quantizable, quantize_4bit
 from hpeft.peft.core import logical_name, match
 from hpeft.tasks.base import Hybrid, warmup_cosine
+from hpeft.train.optimizers import galore_weights
 from hpeft.train.stages import Stage, StageSchedule, check_stages
 
 
@@ -69,7 +70,7 @@ class Staged(Hybrid):
             quantizable(self.model)  # a model with no linear layer to quantise fails now, not at a boundary
         for stage in stages:
             if stage.optimizer == "galore":  # a rank too large for some weight fails now, not at the boundary
-                if not peft_galore_weights(self.model, stage):
+                if not galore_weights(self.model, stage.galore_rank, stage.galore_targets, trainable_only=False):
                     raise ValueError(f"stage {stage.name!r}: GaLore finds no 2-D linear weight to project "
                                      f"(galore_targets={stage.galore_targets})")
         self.quantized: str | None = None
@@ -242,9 +243,3 @@ class Staged(Hybrid):
             for i, s in enumerate(self.stages)
         ]
         return facts
-
-
-def peft_galore_weights(model, stage: Stage) -> list:
-    from hpeft.train.optimizers import galore_weights
-
-    return galore_weights(model, stage.galore_rank, stage.galore_targets, trainable_only=False)
