@@ -106,13 +106,28 @@ def test_inspect_json_counts_without_training(tmp_path, cache_dir):
     (["--model", "hpeft.AdapterOnly", "--model.init_args.adapter_kind", "serial"], ["kind='serial'", "houlsby"]),
     (["--model", "hpeft.HybridS4"], ["cannot split 2 layers into 4 groups"]),
 ])
-def test_bad_input_fails_before_any_data_or_run_dir(tmp_path, override, expected):
+def test_bad_input_fails_before_any_data_or_run_dir(tmp_path, override, expected, monkeypatch, capsys):
+    # In-process (`hpeft.cli.main`, the console script's own function): a subprocess per case would spend
+    # ~9 s importing Lightning each; test_bad_input_exit_status_from_the_real_command runs one case for real.
+    from hpeft.cli import main
+
     fresh_cache = tmp_path / "cache"
     cfg = write_config(tmp_path / "c.yaml", tiny_config(fresh_cache))
-    result = run_hpeft(["fit", "--config", str(cfg), *override], tmp_path)
-    assert result.returncode != 0
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(cfg), *override])
+    assert exit_.value.code != 0
+    err = capsys.readouterr().err
     for text in expected:
-        assert text in result.stderr, result.stderr[-2000:]
+        assert text in err, err[-2000:]
+    assert not (tmp_path / "runs").exists() and not fresh_cache.exists()
+
+
+def test_bad_input_exit_status_from_the_real_command(tmp_path):
+    fresh_cache = tmp_path / "cache"
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(fresh_cache))
+    result = run_hpeft(["fit", "--config", str(cfg), "--data.init_args.scenario", "Mars"], tmp_path)
+    assert result.returncode == 2 and "Mars" in result.stderr and "InF-DH" in result.stderr
     assert not (tmp_path / "runs").exists() and not fresh_cache.exists()
 
 
