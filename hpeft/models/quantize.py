@@ -34,6 +34,11 @@ def quantize_4bit(model: nn.Module, targets: list[str] | None = None, exclude: l
         out_features, in_features = weight.shape
         q = bnb.nn.Linear4bit(in_features, out_features, bias=module.bias is not None, compute_dtype=compute_dtype,
                               compress_statistics=double_quant, quant_type=quant_type, device="meta")
+        # On a CPU with AVX512-BF16, bitsandbytes (>= 0.49) repacks the codes in place at the first no-grad eval
+        # forward into a bf16-scaled layout for its CPU kernel. That repack breaks on layers whose in_features is
+        # not a multiple of the block size (reshape to K // 64 = 0 columns) and, where it works, changes the
+        # numbers and the layout that dequantize, the checkpoint and the fingerprint read. Keep the plain layout.
+        q.support_avx512bf16_for_cpu = False
         q.weight = bnb.nn.Params4bit(weight.float().contiguous().cpu(), requires_grad=False, quant_type=quant_type,
                                      compress_statistics=double_quant)
         if module.bias is not None:

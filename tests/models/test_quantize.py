@@ -34,6 +34,25 @@ def test_nf4_weights_take_about_an_eighth_and_stay_close(double_quant):
     assert nmse(m(x).detach(), ref) < 0.05  # NF4 of these weights changes the output by a few percent at most
 
 
+@pytest.mark.parametrize("in_features", [32, 48, 128])
+def test_eval_forward_keeps_the_plain_layout_and_equals_the_dequantised_weights(in_features):
+    """On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit codes at the first no-grad eval forward; on layers
+    narrower than a block (in_features < 64) that repack crashes, and where it runs it rewrites the codes.
+    hpeft's layers keep the plain layout, so an eval forward is the dequantised weights' product, codes unchanged."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(in_features, 96))
+    quantize_4bit(m, exclude=[])
+    m.eval()
+    codes = m[0].weight.data.clone()
+    x = torch.randn(3, in_features)
+    with torch.no_grad():
+        y = m(x)
+    assert torch.equal(m[0].weight.data, codes)
+    dequantize(m)
+    with torch.no_grad():
+        assert torch.allclose(m(x), y, atol=1e-5)
+
+
 def test_qlora_trains_only_lora_and_merges_into_the_dequantized_weights():
     m, x, target = model(), torch.randn(4, 2, *GRID), torch.randn(4, 2, *GRID)
     quantize_4bit(m)
