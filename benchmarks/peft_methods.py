@@ -36,7 +36,6 @@ is computed within each round and the reported ratio is the median over rounds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import math
@@ -50,6 +49,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import DEFAULT_OUT, DEFAULT_THREADS, log, median
+from hpeft.metrics.memory import step_peak
 
 # ----------------------------------------------------------------------------------------------- settings
 
@@ -146,38 +146,9 @@ class Trainer:
                    for t in s.values() if torch.is_tensor(t))
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Kineto writes a "profiler_start"/"profiler_stop" line to the process's stderr at every profile;
-    file descriptor 2 goes to /dev/null meanwhile (Python exceptions still propagate)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def step_memory(trainer: Trainer) -> dict:
-    """One training step under torch.profiler(profile_memory=True): the peak of torch's live CPU bytes
-    during the step above the bytes live when it started, and the bytes still live at its end."""
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        trainer.step()
-    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e[0])  # stable: events with one timestamp keep the profiler's order
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    if not events:
-        raise RuntimeError("torch.profiler recorded no memory events; profile_memory does not work on this build")
-    return {"step_peak_bytes": peak, "step_end_bytes": live, "memory_events": len(events)}
+    """One training step under torch.profiler(profile_memory=True) (hpeft.metrics.memory.step_peak)."""
+    return step_peak(trainer.step)
 
 
 def rounds_order(names: list[str], sweep: int) -> list[str]:

@@ -4,6 +4,7 @@
     hpeft inspect --config CFG [--json]   parameter and FLOPs accounting without training
     hpeft data --config CFG               generate and cache the config's dataset
     hpeft search --config SEARCH.yaml [--storage URL] [--workers N]   an Optuna study of fit runs (sweeps/optuna/)
+    hpeft study NAME --scale tiny|cpu|cluster [--out DIR] [--seeds K]   a research question answered with CIs (studies/)
     hpeft report --runs runs/ [--storage URL --study NAME] [--wandb ENTITY/PROJECT] --out report.html
     hpeft dashboard [--runs runs/] [--port 8050]   serve the report on 127.0.0.1, rebuilt as runs land
 
@@ -224,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
         from hpeft.search.command import search_command
 
         return search_command(argv[1:])
+    if command == "study":
+        from hpeft.study.command import study_command
+
+        return study_command(argv[1:])
     if command in ("report", "dashboard"):
         from hpeft.report import command as report
 
@@ -239,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             sys.argv = argv0
         return None
-    _fail(f"unknown command {command!r}; valid commands: {[*TRAINER_COMMANDS, 'inspect', 'data', 'search', 'report', 'dashboard']}")
+    _fail(f"unknown command {command!r}; valid commands: {[*TRAINER_COMMANDS, 'inspect', 'data', 'search', 'study', 'report', 'dashboard']}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ from torch import nn
 class BackboneConfig:
     """Base of backbone configs. Subclasses take their hyperparameters as typed __init__ arguments."""
 
+    # Settings that change how the model computes but not its weights: a base checkpoint saved under one
+    # value loads under another (dropout; Mamba's scan implementation and order, whose orders share weights).
+    WEIGHTLESS: tuple[str, ...] = ("dropout",)
+
     @property
     def model_name(self) -> str:
         """The built model's name, e.g. "ChannelTransformer" for ChannelTransformerConfig."""

@@ -33,8 +33,8 @@ def load_base(model: nn.Module, config: BackboneConfig, grid_shape: tuple[int, i
     saved = {"backbone": meta.get("backbone"), "config": json.loads(meta.get("config", "null")),
              "grid_shape": json.loads(meta.get("grid_shape", "null"))}
     wanted = {"backbone": type(config).__name__, "config": config.as_dict(), "grid_shape": list(grid_shape)}
-    # Dropout does not change weights, so a base trained with dropout loads into a run without it.
-    strip = lambda c: {k: v for k, v in (c or {}).items() if k != "dropout"}  # noqa: E731
+    # Settings that change no weight (dropout, a Mamba's scan order) may differ between the base and the run.
+    strip = lambda c: {k: v for k, v in (c or {}).items() if k not in config.WEIGHTLESS}  # noqa: E731
     if (saved["backbone"], strip(saved["config"]), saved["grid_shape"]) != (wanted["backbone"], strip(wanted["config"]), wanted["grid_shape"]):
         raise ValueError(f"base checkpoint {path} holds {saved}, but this run builds {wanted}; "
                          "use the same backbone settings and data grid as the pretraining run")
@@ -46,4 +46,11 @@ def load_base(model: nn.Module, config: BackboneConfig, grid_shape: tuple[int, i
                  for k, v in load_file(str(path)).items()}
         model.load_state_dict(state)
         return
-    load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))
+    missing, unexpected = load_model(model, str(path), strict=False, device=str(next(model.parameters()).device))
+    # A tied weight is stored once (Mamba's lm_head = its embeddings); a load_state_dict pre-hook that re-adds
+    # the alias for transformers checkpoints makes safetensors report it as unexpected. Only those may differ.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    aliases = {k for k in unexpected if k in params and any(params[k] is p for n, p in params.items() if n != k)}
+    if missing or set(unexpected) - aliases:
+        raise ValueError(f"base checkpoint {path} does not fit this model: missing {sorted(missing)}, "
+                         f"unexpected {sorted(set(unexpected) - aliases)}")

@@ -246,6 +246,8 @@ class MambaConfig(BackboneConfig):
     """Mamba hyperparameters. The task decides what is built: the lm task (token ids in) a MambaLM whose
     vocabulary is the data's unless vocab_size is given; the channel task a MambaChannel over patch tokens."""
 
+    WEIGHTLESS = ("scan", "scan_chunk", "scan_order", "scan_fuse")
+
     def __init__(
         self,
         d_model: int = 64,

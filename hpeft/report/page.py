@@ -43,6 +43,8 @@ document.addEventListener('DOMContentLoaded', () => {
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table.hyp td:nth-child(2) { text-align: left; } tr.supported td:last-child { color: #186a1e; }
+tr.refuted td:last-child { color: #a11; } tr.inconclusive td:last-child { color: #777; }
 table { border-collapse: collapse; font-size: 0.85em; } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 td:first-child, th:first-child { text-align: left; } .filters { position: sticky; top: 0; background: #fff; padding: .5em 0; }
 .note { color: #666; font-size: .9em; } .plot { width: 100%; }
@@ -89,8 +91,10 @@ def _select(name: str, values: list[str]) -> str:
     return f'<label>{name} <select class="filter" name="{name}"><option value="*">all</option>{options}</select></label>'
 
 
-def build_page(rows: list[dict], skipped: list[tuple[str, str]], title: str = "hpeft report", refresh_s: int | None = None) -> str:
-    """The page for these rows (Pareto flags are set on them here)."""
+def build_page(rows: list[dict], skipped: list[tuple[str, str]], title: str = "hpeft report", refresh_s: int | None = None,
+               lead: list[tuple[str, object]] | None = None) -> str:
+    """The page for these rows (Pareto flags are set on them here). `lead`: (html, figure or None) sections
+    placed first, e.g. a study's hypotheses and error bars."""
     mark_pareto(rows)
     synergy = synergy_rows(rows)
     figures: dict[str, dict] = {}
@@ -101,6 +105,8 @@ def build_page(rows: list[dict], skipped: list[tuple[str, str]], title: str = "h
         figures[fid] = json.loads(pio.to_json(fig))
         return f'<div id="{fid}" class="plot"></div>' + (f'<p class="note">{caption}</p>' if caption else "")
 
+    for text, fig in lead or []:
+        sections.append(text + (add(fig) if fig is not None else ""))
     tasks = groups(rows, ("task", "metric_name"))
     if len({t for t, _ in tasks}) > 1:
         sections.append(f'<p class="note">Runs of {len(tasks)} tasks/metrics: each gets its own axes, never a shared one.</p>')

@@ -8,6 +8,7 @@ callback enqueues it again, and this worker runs it. So a study ends with exactl
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -41,6 +42,31 @@ def trial_counts(study: optuna.Study) -> Counter:
     return Counter(t.state for t in study.get_trials(deepcopy=False))
 
 
+def _point(trial) -> str:
+    params = trial.params or trial.system_attrs.get("fixed_params", {})  # a WAITING (enqueued) trial has only the latter
+    return json.dumps(sorted(params.items()), default=str)
+
+
+def finished_grid_points(study: optuna.Study) -> int:
+    """Distinct grid points with a COMPLETE or PRUNED trial: a point run twice counts once."""
+    return len({_point(t) for t in study.get_trials(deepcopy=False) if t.state in FINISHED})
+
+
+def requeue_failed_grid_points(study: optuna.Study) -> int:
+    """Optuna's GridSampler counts a FAILED point as visited and, once every point was visited, re-runs a random
+    one: a grid whose trial failed (a run that raised, since fixed) would end with a duplicate and a hole. Each
+    failed point with no finished, running or queued trial is enqueued again instead; returns how many."""
+    trials = study.get_trials(deepcopy=False)
+    covered = {_point(t) for t in trials if t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING)}
+    queued = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.params and _point(t) not in covered:
+            study.enqueue_trial(t.params, skip_if_exists=False)
+            covered.add(_point(t))
+            queued += 1
+    return queued
+
+
 def run_worker(config: SearchConfig, url: str, poll_seconds: float | None = None) -> int:
     """Run trials until the study has its n_trials (or this worker's timeout passes); returns how many it ran."""
     study = open_study(config, url)
@@ -57,8 +83,11 @@ def run_worker(config: SearchConfig, url: str, poll_seconds: float | None = None
     while deadline is None or time.monotonic() < deadline:
         with trial_start_lock(url, config.study) as release:
             fail_stale_trials(study)  # a dead worker's trial: FAILED, and enqueued again
+            grid = config.sampler_type == "grid"
+            if grid:
+                requeue_failed_grid_points(study)
             counts = trial_counts(study)
-            finished = sum(counts[s] for s in FINISHED)
+            finished = finished_grid_points(study) if grid else sum(counts[s] for s in FINISHED)
             if finished >= target:
                 break
             if counts[TrialState.FAIL] > max(3, target):  # e.g. a NaN objective: FAIL without an exception

@@ -5,7 +5,9 @@
   and over one training step (forward + loss + backward; frozen weights get no weight gradient, so a
   PEFT step really costs less than a full one). Per sample.
 - peak memory: CUDA max allocated on a GPU; on the CPU the peak resident set size sampled every few
-  batches of the run's loops (and the process's lifetime peak beside it).
+  batches of the run's loops (and the process's lifetime peak beside it). Beside it, on the CPU, the
+  modelled training memory (metrics/memory.py: weights + Adam state + a profiled step at the run's batch
+  size), which does not depend on what else the process did: RSS does.
 - train samples/s: samples over the time spent inside training batches (forward, backward, optimizer
   step), after a few warm-up batches, so data generation and validation do not blur the figure.
 - batch-1 latency: median of repeated eval-mode forwards on one sample.
@@ -97,6 +99,7 @@ class EfficiencyMeter(L.Callback):
         self._batches = 0
         self._t0 = 0.0
         self._fit_start = 0.0
+        self._train_model_bytes = 0
 
     def _static_figures(self, pl_module) -> None:
         if "flops" not in self.figures:
@@ -104,12 +107,20 @@ class EfficiencyMeter(L.Callback):
             self.figures["params"] = facts["params"]
             self.figures["flops"] = measure_flops(pl_module)
 
+    def _memory_model(self, pl_module) -> None:
+        from hpeft.metrics.memory import training_memory
+        from hpeft.models.quantize import model_bytes
+
+        if "memory_parts" not in self.figures and hasattr(pl_module, "training_loss") and any(p.requires_grad for p in pl_module.parameters()):
+            self.figures["memory_parts"] = training_memory(pl_module, model_bytes(pl_module))
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":  # for fit, on_fit_start: the module's own setup may still change its methods
             self._static_figures(pl_module)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._static_figures(pl_module)
+        self._memory_model(pl_module)
         self._fit_start = time.perf_counter()
         self._log(trainer, {f"cost/flops_{k}": v for k, v in self.figures["flops"].items()}
                   | {f"cost/params_{k}": v for k, v in self.figures["params"].items()})
@@ -119,6 +130,10 @@ class EfficiencyMeter(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batches += 1
+        if self._batches == 1 and self.figures.get("memory_parts"):
+            from hpeft.metrics.memory import at_batch
+
+            self._train_model_bytes = at_batch(self.figures["memory_parts"], samples_in(batch))
         if self._batches % self.rss_every == 1:
             self._rss = max(self._rss, rss_bytes())
         if self._batches > self.warmup_batches:
@@ -132,6 +147,8 @@ class EfficiencyMeter(L.Callback):
             speed["fit_seconds"] = time.perf_counter() - self._fit_start
         self.figures["speed"] = speed
         self.figures["memory"] = peak_memory(pl_module.device, self._rss)
+        if self._train_model_bytes:
+            self.figures["memory"] |= {"train_model_bytes": self._train_model_bytes, "train_model_parts": self.figures["memory_parts"]}
         self._log(trainer, {f"cost/{k}": v for k, v in speed.items()} | {"cost/peak_memory_bytes": self.figures["memory"]["peak_bytes"]})
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -139,7 +156,8 @@ class EfficiencyMeter(L.Callback):
             self._rss = max(self._rss, rss_bytes())
 
     def on_test_end(self, trainer, pl_module) -> None:
-        self.figures["memory"] = peak_memory(pl_module.device, self._rss)
+        modelled = {k: v for k, v in self.figures.get("memory", {}).items() if k.startswith("train_model")}
+        self.figures["memory"] = peak_memory(pl_module.device, self._rss) | modelled
         if "speed" not in self.figures:  # a test-only session: no training figures of its own
             self.figures["speed"] = {"latency_ms_batch1": batch1_latency_ms(pl_module, self.latency_repeats)}
 

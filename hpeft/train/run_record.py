@@ -139,7 +139,7 @@ class RunRecorder(L.Callback):
             "params": facts["params"],
             "flops": figures.get("flops", previous.get("flops", {})),
             # A later session in this run (a test of it, a resume) keeps the fit's figures it did not measure.
-            "memory": max(previous.get("memory", {}), figures.get("memory", {}), key=lambda m: m.get("peak_bytes", -1)),
+            "memory": _memory(previous.get("memory", {}), figures.get("memory", {})),
             "speed": {"train_samples_per_s": 0.0, "fit_seconds": 0.0, **previous.get("speed", {}), **figures.get("speed", {})},
             "trained_steps": max(previous.get("trained_steps", 0), trainer.global_step),
             "checkpoint": self._checkpoint_facts(trainer, previous.get("checkpoint", {})),
@@ -153,6 +153,12 @@ class RunRecorder(L.Callback):
             "git": git_commit(),
             **self.extra,
         }
+
+
+def _memory(previous: dict, now: dict) -> dict:
+    """The higher measured peak of the two sessions, and the fit's modelled training memory (a test has none)."""
+    modelled = {k: v for m in (previous, now) for k, v in m.items() if k.startswith("train_model")}
+    return {**max(previous, now, key=lambda m: m.get("peak_bytes", -1)), **modelled}
 
 
 def _stages(stages: list[dict], previous: dict) -> list[dict]:

@@ -49,3 +49,27 @@ def test_base_with_tied_weights_round_trips(tmp_path):
     load_base(again, config, (32, 256), tmp_path / "base.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert again.model.lm_head.weight is again.model.transformer.wte.weight  # still tied
+
+
+def test_mamba_lm_base_round_trips_and_loads_under_another_scan_order(tmp_path):
+    """Mamba's lm_head is its embeddings: stored once, and the transformers-names hook must not make the
+    alias an error. Scan order and implementation change no weight, so a base loads under any of them;
+    a base of another width is refused, naming what differs."""
+    import pytest
+
+    from hpeft.models import MambaConfig
+
+    config = MambaConfig(d_model=16, layers=1, d_state=4, dt_rank=2)
+    torch.manual_seed(0)
+    model = config.build((32, 64), 0)  # in_channels 0: the lm task (seq_len, vocab)
+    assert type(model).__name__ == "MambaLM"
+    save_base(model, config, (32, 64), tmp_path / "base.safetensors")
+    other = MambaConfig(d_model=16, layers=1, d_state=4, dt_rank=2, scan="sequential")
+    torch.manual_seed(1)
+    again = other.build((32, 64), 0)
+    load_base(again, other, (32, 64), tmp_path / "base.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert again.lm_head.weight is again.backbone.embeddings.weight
+    wider = MambaConfig(d_model=24, layers=1, d_state=4, dt_rank=2)
+    with pytest.raises(ValueError, match="'d_model': 16.*'d_model': 24"):
+        load_base(wider.build((32, 64), 0), wider, (32, 64), tmp_path / "base.safetensors")
