@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 LOCK   ?= requirements/lock.txt
 CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
 
-.PHONY: setup quickstart test bench lock clean
+.PHONY: setup quickstart test bench lock studies clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,16 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# The four seed studies at CPU scale, into studies_out/, and their results into docs/studies/ (see README, Studies).
+STUDIES ?= seed000 seed002 seed003 seed004
+STUDY_ARGS ?=
+studies: setup
+	for s in $(STUDIES); do \
+		$(BIN)/hpeft study $$s --scale cpu $(STUDY_ARGS) || exit 1; \
+		mkdir -p docs/studies/$$s-cpu && cp studies_out/$$s-cpu/study.json studies_out/$$s-cpu/results.md \
+			studies_out/$$s-cpu/main.png docs/studies/$$s-cpu/ || exit 1; \
+	done
 
 lock:
 	PYTHON=$(PYTHON) TORCH=$(TORCH) requirements/make_lock.sh

@@ -83,6 +83,7 @@ def inspect(config: Path, capsys) -> dict:
 def test_config_builds_and_counts(config: Path, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "README.md").symlink_to(REPO / "README.md")  # the tiny LM configs' text, relative to the repo root
+    (tmp_path / "hpeft").symlink_to(REPO / "hpeft")  # the LM pretraining configs' text (hpeft/peft/*.py)
     info = inspect(with_standins(config, tmp_path), capsys)
     p, b = info["params"], info["backbone"]
     assert p["total"] == p["base"] + sum(m["params"] for m in p["methods"])

@@ -45,7 +45,8 @@ from torch.utils.data import Dataset
 from hpeft.metrics.nmse import nmse_db
 
 from .cache import TensorCache, cache_key
-from .loaders import SplitLoaders
+from .loaders import SplitLoaders, check_shuffle_seed
+from .loaders import shuffle_seed as loader_shuffle_seed
 from .scenarios import DEVICE, SCENARIOS, LinkParams, canonical_scenario, expand_scenario
 
 __all__ = [
@@ -427,6 +428,8 @@ class ChannelDataModule(SplitLoaders, L.LightningDataModule):
         progress: Show a progress bar while generating.
         shuffle: Shuffle the train split each epoch (seeded). Off, a 1-process run and a DDP run with the same
             global batch see the same samples in each step (DistributedSampler deals them out in turn).
+        shuffle_seed: Seed of the train shuffle: null derives it from ``seed``; "global" follows the run's
+            seed_everything (runs of several seeds then differ in data order too, as a study's seeds do).
     """
 
     def __init__(
@@ -451,6 +454,7 @@ class ChannelDataModule(SplitLoaders, L.LightningDataModule):
         lmmse: bool = True,
         progress: bool = True,
         shuffle: bool = True,
+        shuffle_seed: int | str | None = None,
     ) -> None:
         super().__init__()
         # Validate everything before anything touches the disk or Sionna.
@@ -478,6 +482,8 @@ class ChannelDataModule(SplitLoaders, L.LightningDataModule):
         self.lmmse = bool(lmmse)
         self.progress = bool(progress)
         self.shuffle = bool(shuffle)
+        check_shuffle_seed(shuffle_seed)
+        self._shuffle_seed = shuffle_seed
         self.in_channels = 2
         self.generated: list[str] = []  # splits this instance generated (not loaded): lets tests see cache hits
         self._data: dict[str, dict[str, torch.Tensor]] = {}
@@ -524,6 +530,7 @@ class ChannelDataModule(SplitLoaders, L.LightningDataModule):
             "num_val": self.sizes["val"],
             "num_test": self.sizes["test"],
             "seed": c.seed,
+            "shuffle_seed": self.shuffle_seed,
             "format": FORMAT_VERSION,
         }
 
@@ -605,7 +612,7 @@ class ChannelDataModule(SplitLoaders, L.LightningDataModule):
 
     @property
     def shuffle_seed(self) -> int:
-        return _derive_seed(self.config.seed, "shuffle")
+        return loader_shuffle_seed(self._shuffle_seed, _derive_seed(self.config.seed, "shuffle"))
 
     # ---------------------------------------------------------------- baselines
 

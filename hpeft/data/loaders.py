@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+SHUFFLE_SEEDS = "an integer, 'global' (the run's seed_everything) or null (derived from the data's seed)"
+
+
+def check_shuffle_seed(value) -> None:
+    if value is not None and value != "global" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"shuffle_seed={value!r}; valid: {SHUFFLE_SEEDS}")
+
+
+def shuffle_seed(value, derived: int) -> int:
+    """The train split's shuffle seed. `None`: `derived` (from the data's own seed, so a config's order never
+    changes with the model's seed); `"global"`: the run's seed_everything, which Lightning keeps in
+    PL_GLOBAL_SEED, so runs of several seeds over one data set differ in data order too (a study's seeds)."""
+    if value == "global":
+        return int(os.environ.get("PL_GLOBAL_SEED", "0")) + derived % 2**31
+    return derived if value is None else int(value)
 
 
 class EpochShuffle(Sampler[int]):

@@ -44,7 +44,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .cache import TensorCache, cache_key
-from .loaders import SplitLoaders
+from .loaders import SplitLoaders, check_shuffle_seed
+from .loaders import shuffle_seed as loader_shuffle_seed
 
 __all__ = ["TextDataModule", "FORMAT_VERSION", "SPLITS", "BYTE_VOCAB_SIZE"]
 
@@ -218,6 +219,8 @@ class TextDataModule(SplitLoaders, L.LightningDataModule):
         batch_size: Sequences per batch in every data loader.
         num_workers: DataLoader worker processes.
         shuffle: Shuffle the train blocks each epoch (seeded by ``seed``).
+        shuffle_seed: Seed of the train shuffle: null derives it from ``seed``; "global" follows the run's
+            seed_everything (runs of several seeds then differ in data order too, as a study's seeds do).
         seed: Seed of the train shuffling.
         cache_dir: Folder of the on-disk token cache (relative to the working directory unless absolute).
         hf_cache_dir: Folder for Hugging Face datasets' own download/Arrow cache. None: its default
@@ -247,6 +250,7 @@ class TextDataModule(SplitLoaders, L.LightningDataModule):
         cache_dir: str = "data_cache",
         hf_cache_dir: str | None = None,
         progress: bool = True,
+        shuffle_seed: int | str | None = None,
     ) -> None:
         super().__init__()
         # Validate everything before anything touches the disk (beyond stat) or loads data.
@@ -338,6 +342,8 @@ class TextDataModule(SplitLoaders, L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.shuffle = bool(shuffle)
+        check_shuffle_seed(shuffle_seed)
+        self._shuffle_seed = shuffle_seed
         self.seed = seed
         self.cache = TensorCache(cache_dir)
         self.hf_cache_dir = hf_cache_dir
@@ -419,6 +425,7 @@ class TextDataModule(SplitLoaders, L.LightningDataModule):
             **counts,
             "max_tokens": self.max_tokens,
             "seed": self.seed,
+            "shuffle_seed": self.shuffle_seed,
             "format": FORMAT_VERSION,
         }
 
@@ -653,7 +660,7 @@ class TextDataModule(SplitLoaders, L.LightningDataModule):
 
     @property
     def shuffle_seed(self) -> int:
-        return _derive_seed(self.seed, "shuffle")
+        return loader_shuffle_seed(self._shuffle_seed, _derive_seed(self.seed, "shuffle"))
 
 
 def _load_tokenizer(name: str):

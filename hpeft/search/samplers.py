@@ -66,12 +66,14 @@ def worker_index() -> int:
 
 
 def make_sampler(spec, space: dict[str, Param], worker: int = 0) -> optuna.samplers.BaseSampler:
-    """`worker` shifts a configured seed: workers with one seed would all propose the same trials."""
+    """`worker` shifts a configured seed: workers with one seed would all propose the same trials. Not a grid's:
+    GridSampler names points by their index in its seeded shuffle of the grid, and every worker must mean the same
+    point by an index (with shifted seeds, workers took each other's points for visited: duplicates and holes)."""
     kind, options = check_sampler(spec)
-    if options.get("seed") is not None:
-        options["seed"] = int(options["seed"]) + worker
     if kind == "grid":
         return optuna.samplers.GridSampler(grid(space), **options)
+    if options.get("seed") is not None:
+        options["seed"] = int(options["seed"]) + worker
     return SAMPLERS[kind](**options)
 
 

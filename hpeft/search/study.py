@@ -8,7 +8,9 @@ callback enqueues it again, and this worker runs it. So a study ends with exactl
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import time
 from collections import Counter
 
@@ -18,6 +20,7 @@ from optuna.trial import TrialState
 from hpeft.search.config import SearchConfig
 from hpeft.search.errors import SearchError
 from hpeft.search.samplers import make_pruner, make_sampler, worker_index
+from hpeft.search.space import grid
 from hpeft.search.storage import fail_stale_trials, open_storage, study_directions, trial_start_lock
 from hpeft.search.trial import run_trial
 
@@ -52,19 +55,23 @@ def finished_grid_points(study: optuna.Study) -> int:
     return len({_point(t) for t in study.get_trials(deepcopy=False) if t.state in FINISHED})
 
 
-def requeue_failed_grid_points(study: optuna.Study) -> int:
-    """Optuna's GridSampler counts a FAILED point as visited and, once every point was visited, re-runs a random
-    one: a grid whose trial failed (a run that raised, since fixed) would end with a duplicate and a hole. Each
-    failed point with no finished, running or queued trial is enqueued again instead; returns how many."""
+def next_grid_point(study: optuna.Study, space: dict, seed: int = 0) -> dict | None:
+    """The first grid point, in an order shuffled by the sampler's seed (the same in every worker, so a grid cut
+    short by n_trials is a random part of it), with no finished, running or queued trial; None when every point
+    has one. hpeft hands
+    grid points out itself, as enqueued trials, rather than leaving it to Optuna's GridSampler: that sampler
+    counts a FAILED point as visited and, once every point was visited, re-runs a random one, so a grid with a
+    failed trial (a run that raised, since fixed) would end with a duplicate and a hole."""
     trials = study.get_trials(deepcopy=False)
     covered = {_point(t) for t in trials if t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING)}
-    queued = 0
-    for t in trials:
-        if t.state == TrialState.FAIL and t.params and _point(t) not in covered:
-            study.enqueue_trial(t.params, skip_if_exists=False)
-            covered.add(_point(t))
-            queued += 1
-    return queued
+    keys, values = zip(*grid(space).items())
+    combos = list(itertools.product(*values))
+    random.Random(seed).shuffle(combos)
+    for combo in combos:
+        params = dict(zip(keys, combo))
+        if json.dumps(sorted(params.items()), default=str) not in covered:
+            return params
+    return None
 
 
 def run_worker(config: SearchConfig, url: str, poll_seconds: float | None = None) -> int:
@@ -84,8 +91,6 @@ def run_worker(config: SearchConfig, url: str, poll_seconds: float | None = None
         with trial_start_lock(url, config.study) as release:
             fail_stale_trials(study)  # a dead worker's trial: FAILED, and enqueued again
             grid = config.sampler_type == "grid"
-            if grid:
-                requeue_failed_grid_points(study)
             counts = trial_counts(study)
             finished = finished_grid_points(study) if grid else sum(counts[s] for s in FINISHED)
             if finished >= target:
@@ -94,10 +99,18 @@ def run_worker(config: SearchConfig, url: str, poll_seconds: float | None = None
                 raise SearchError(f"study {config.study!r}: {counts[TrialState.FAIL]} trials failed (more than "
                                   f"{max(3, target)}); stopping rather than failing for ever. Their run dirs and "
                                   "the worker's log say why.")
-            if finished + counts[TrialState.RUNNING] >= target:
+            waiting, point = counts[TrialState.WAITING], None
+            if grid:
+                point = None if waiting else next_grid_point(study, config.space, config.sampler.get("seed") or 0)
+                idle = not waiting and point is None
+            else:
+                idle = finished + counts[TrialState.RUNNING] >= target
+            if idle:
                 release()
                 time.sleep(poll)  # the last trials are running elsewhere; stay until they finish or go stale
                 continue
+            if point is not None:
+                study.enqueue_trial(point, skip_if_exists=False)  # this worker's next trial: optimize takes it first
             release_box[0] = release
             study.optimize(objective, n_trials=1, catch=())
             ran += 1

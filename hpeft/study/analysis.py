@@ -3,6 +3,7 @@ the synergy grid, and the hypotheses' verdicts. The result is study.json's conte
 
 from __future__ import annotations
 
+import json
 import math
 
 from hpeft.report.rows import goodness, method_label, to_row
@@ -27,6 +28,7 @@ def run_figures(summary: dict, metric: str) -> dict:
     quality = goodness(row) if row else None
     speed = summary.get("speed", {})
     memory = summary.get("memory", {})
+    stages = summary.get("stages") or []
     return {
         "metric": value,
         "quality": quality,
@@ -40,9 +42,27 @@ def run_figures(summary: dict, metric: str) -> dict:
         "train_samples_per_s": speed.get("train_samples_per_s"),
         "latency_ms_batch1": speed.get("latency_ms_batch1"),
         "fit_seconds": speed.get("fit_seconds"),
+        # Staged runs: the largest stage's weights (4-bit ones by codes and scales) + optimizer state, exact bytes.
+        "stage_state_mb": max(((st.get("weight_bytes") or 0) + (st.get("optimizer_state_bytes") or 0) for st in stages),
+                              default=0) / 2**20 or None,
         # Seed 002's efficiency: accuracy / (FLOPs x params); 0 trainable (a reference run) has none.
         "efficiency": quality / (flops * trainable) if quality is not None and flops and trainable else None,
     }
+
+
+def _stage_rows(study: Study, records: list[dict]) -> list[dict]:
+    """Per staged arm and stage: mean and CI over seeds of its seconds, trained steps and exact state bytes."""
+    found: dict[tuple, list[dict]] = {}
+    for rec in records:
+        for st in rec["summary"].get("stages") or []:
+            found.setdefault((rec["arm"], json.dumps(rec["level"], sort_keys=True), st["index"], st["name"]), []).append(st)
+    rows = []
+    for (arm, level, index, name), stages in sorted(found.items()):
+        figures = {k: describe([st.get(k) for st in stages if st.get(k) is not None], study.ci)
+                   for k in ("seconds", "trained_steps", "trainable_params", "weight_bytes", "optimizer_state_bytes")}
+        rows.append({"arm": arm, "level": json.loads(level), "stage": index, "name": name,
+                     "optimizer": stages[0].get("optimizer"), "quantized": stages[0].get("quantized"), **figures})
+    return rows
 
 
 def _train_memory_mb(memory: dict) -> float | None:
@@ -93,13 +113,14 @@ def analyse(study: Study, records: list[dict]) -> dict:
                              "efficiency": describe(list(res.values(arm, level, "efficiency").values()), study.ci),
                              "gain": result.get("estimate"), "gain_ci95": result.get("ci95"), "gain_n": result.get("n", 0),
                              "parts": (s or {}).get("parts")})
+    stage_rows = _stage_rows(study, records)
     hypotheses = evaluate(study.hypotheses, res)
     expected = len(study.arms) * study.seeds * max(1, math.prod(len(v) for v in study.factors.values()))
     return {
         "study": study.name, "title": study.title, "question": study.question, "scale": study.scale, "note": study.note,
         "metric": study.metric, "higher_is_better": study.higher_is_better, "seeds": study.seeds, "ci": study.ci,
         "factors": study.factors, "runs_expected": expected, "runs_found": len(run_list),
-        "arms": arms, "grid": grid, "grid_axes": (study.grid or {}).get("axes"),
+        "arms": arms, "stages": stage_rows, "grid": grid, "grid_axes": (study.grid or {}).get("axes"),
         "grid_kind": (study.grid or {}).get("kind"), "hypotheses": hypotheses, "runs": run_list,
         "verdicts": {v: sum(h["verdict"] == v for h in hypotheses) for v in ("supported", "refuted", "inconclusive")},
     }

@@ -37,7 +37,7 @@ OPS = {"<=": "<", "<": "<", ">=": ">", ">": ">"}
 # Figures every run has (collect.run_figures); their better direction. `metric` follows the study.
 HIGHER_IS_BETTER = {"quality": True, "efficiency": True, "train_samples_per_s": True}
 FIGURES = ("metric", "quality", "params_trainable", "params_deployed", "adapter_bytes_fp16", "flops_forward",
-           "flops_train_step", "peak_memory_mb", "train_memory_mb", "train_samples_per_s", "latency_ms_batch1", "fit_seconds", "efficiency")
+           "flops_train_step", "peak_memory_mb", "train_memory_mb", "train_samples_per_s", "latency_ms_batch1", "fit_seconds", "efficiency", "stage_state_mb")
 
 
 def check_hypothesis(h, arms: dict, what: str) -> None:

@@ -66,6 +66,15 @@ def results_markdown(result: dict, command: str) -> str:
                 f"{_num((a['adapter_bytes_fp16']['mean'] or 0) / 1024, '.1f')} | {_mean_sd(a['metric'], '.4g')} | {_ci(a['metric']['ci95'])} | "
                 f"{_num(a['flops_forward']['mean'], ',.0f')} | {_mean_sd(a['train_memory_mb'], '.1f')} | "
                 f"{_mean_sd(a['train_samples_per_s'], '.0f')} | {_mean_sd(a['latency_ms_batch1'], '.3g')} | {_mean_sd(a['fit_seconds'], '.1f')} |")
+    if result.get("stages"):
+        lines += ["", "## Stages (staged arms): exact weights and optimizer state, time", "",
+                  "| arm | stage | optimizer | 4-bit | trainable | weights KB | optimizer state KB | steps | seconds mean ± sd |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in result["stages"]:
+            lines.append(f"| {r['arm']} | {r['stage']}: {r['name']} | {r['optimizer']} | {r['quantized'] or '-'} | "
+                         f"{_num(r['trainable_params']['mean'], ',.0f')} | {_num((r['weight_bytes']['mean'] or 0) / 1024, ',.1f')} | "
+                         f"{_num((r['optimizer_state_bytes']['mean'] or 0) / 1024, ',.1f')} | {_num(r['trained_steps']['mean'], '.0f')} | "
+                         f"{_mean_sd(r['seconds'], '.2f')} |")
     if result.get("grid") and result.get("grid_kind") == "plain":
         axes = list(result["grid_axes"])
         lines += ["", f"## Grid: {', '.join(axes)}", "",

@@ -147,7 +147,9 @@ def base_key(args: list[str]) -> str:
 def make_plan(study: Study, out: Path, storage: str | None = None, wandb: str | None = None) -> Plan:
     out = Path(out)
     arms_dir = out / "arms"
-    fixed = {"runs_dir": str(out / "runs"), "test_after_fit": True, **study.set}
+    # shuffle_seed "global": seed s also sets the data order, so the seeds sample both sources of run-to-run
+    # spread (initialisation and order) and arms of one seed share both (the pairing).
+    fixed = {"runs_dir": str(out / "runs"), "test_after_fit": True, "data.init_args.shuffle_seed": "global", **study.set}
     if wandb:
         fixed["wandb"] = wandb
     base_file, base_args, base = None, None, {}
@@ -158,7 +160,9 @@ def make_plan(study: Study, out: Path, storage: str | None = None, wandb: str | 
         args = ["--config", base_cfg, *(f"--{k}={cli_value(v)}" for k, v in study.base.get("set", {}).items())]
         if wandb:
             args.append(f"--wandb={wandb}")
-        base_file = out / "base" / f"base-{base_key(args)}.safetensors"
+        # Beside the study's folder, so studies whose bases have the same resolved config share one file
+        # (seed000 and seed003 at one scale pretrain the same ChannelTransformer).
+        base_file = out.parent / "bases" / f"base-{base_key(args)}.safetensors"
         base = {study.base["into"]: str(base_file)}
         if not base_file.is_file():
             base_args = [*args, f"--model.init_args.save_base_to={base_file}", f"--runs_dir={out / 'runs'}",

@@ -123,6 +123,13 @@ def _mapping(value: Any, what: str, keys: tuple[str, ...] | None = None, require
     return value
 
 
+def _known(names, valid, what: str) -> None:
+    """Every name in `names` is one of `valid`, or a StudyError names the others and the valid ones."""
+    unknown = sorted(set(names) - set(valid))
+    if unknown:
+        raise StudyError(f"{what} names unknown {unknown}; valid: {sorted(valid)}")
+
+
 def _name(value: str, what: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
         raise StudyError(f"{what} {value!r} must be a name of letters, digits, '_', '.', '-'")
@@ -190,9 +197,9 @@ def load(name_or_path: str, scale: str, seeds: int | None = None) -> Study:
         names = sc.get(key)
         if names is None:
             continue
-        unknown = sorted(set(names) - set(arms)) if isinstance(names, list) else names
-        if unknown:
-            raise StudyError(f"study {name}: scales.{scale}.{key} names unknown arms {unknown}; arms: {sorted(arms)}")
+        if not isinstance(names, list):
+            raise StudyError(f"study {name}: scales.{scale}.{key} {names!r} must be a list of arm names")
+        _known(names, arms, f"study {name}: scales.{scale}.{key}")
         arms = {k: v for k, v in arms.items() if (k in names) == (key == "only")}
     factors = {**_mapping(raw.get("factors"), f"study {name}: factors"), **_mapping(sc.get("factors"), f"study {name}: scales.{scale}.factors")}
     for key, values in factors.items():
@@ -246,9 +253,7 @@ def _arms(study: str, raw: Any, overrides: dict) -> dict[str, Arm]:
     raw = _mapping(raw, f"study {study}: arms")
     if not raw:
         raise StudyError(f"study {study}: arms is empty; give at least one arm")
-    unknown = sorted(set(overrides) - set(raw))
-    if unknown:
-        raise StudyError(f"study {study}: scale overrides name unknown arms {unknown}; arms: {sorted(raw)}")
+    _known(overrides, raw, f"study {study}: the scale's arm overrides")
     arms = {}
     for name, spec in raw.items():
         _name(name, f"study {study}: arm")
@@ -291,9 +296,7 @@ def _grid(study: str, raw: Any, scale_values: dict) -> tuple[list[Arm], dict]:
     axes = _mapping(raw["axes"], f"study {study}: grid.axes")
     if len(axes) < (2 if kind == "synergy" else 1):
         raise StudyError(f"study {study}: a {kind} grid needs at least {2 if kind == 'synergy' else 1} axes, got {list(axes)}")
-    unknown = sorted(set(scale_values) - set(axes))
-    if unknown:
-        raise StudyError(f"study {study}: the scale's grid names unknown axes {unknown}; axes: {list(axes)}")
+    _known(scale_values, axes, f"study {study}: the scale's grid axes")
     specs = {}
     for axis, spec in axes.items():
         spec = _mapping(spec, f"study {study}: grid axis {axis}", AXIS_KEYS, required=AXIS_KEYS if kind == "synergy" else ("key", "values"))

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from optuna.trial import TrialState
 
 from hpeft import search
@@ -42,6 +43,47 @@ def test_two_workers_finish_n_trials_with_none_lost_or_duplicated(tmp_path, cach
     config = search.load(cfg).with_overrides(storage=postgres_url)
     assert run_worker(config, postgres_url) == 0
     assert len(load(postgres_url, pg_study).trials) == 4
+
+
+def test_two_workers_run_every_grid_point_exactly_once(tmp_path, cache_dir, postgres_url, pg_study):
+    """Both workers must mean the same point by a grid index: with per-worker seeds they took each other's points
+    for visited (a 2-worker 84-point study ran 92 trials over 61 points). Every point once, none twice."""
+    base = tiny_run_config(tmp_path / "run.yaml", cache_dir)
+    cfg = search_config(tmp_path / "search.yaml", base, study=pg_study, n_trials=None, sampler={"type": "grid", "seed": 0},
+                        space={"model.init_args.lora_rank": [1, 2, 3], "seed_everything": [0, 1]})
+    result = run_search(["--config", str(cfg), "--storage", postgres_url, "--workers", "2"], tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(postgres_url, pg_study)
+    points = [(t.params["model.init_args.lora_rank"], t.params["seed_everything"]) for t in study.trials]
+    assert sorted(points) == [(r, s) for r in (1, 2, 3) for s in (0, 1)]  # six trials, six points
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+
+
+def test_a_failed_grid_point_is_run_again_not_replaced_by_a_duplicate(tmp_path, cache_dir, one_thread):
+    """A grid trial whose run raised (here: a rank the model refuses) stops its worker; fixed and started again,
+    the search runs that point, not a random finished one (Optuna's GridSampler would count it visited)."""
+    base = tiny_run_config(tmp_path / "run.yaml", cache_dir)
+    cfg = search_config(tmp_path / "search.yaml", base, n_trials=None, sampler={"type": "grid", "seed": 0},
+                        space={"model.init_args.lora_rank": [1, 2, 3]})
+    config = search.load(cfg)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    import yaml
+
+    run_yaml = yaml.safe_load(base.read_text())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**run_yaml, "model": {**run_yaml["model"], "init_args": {**run_yaml["model"]["init_args"], "lora_dropout": 1.5}}}))
+    broken = search.load(cfg).with_overrides()
+    broken.base_config = str(bad)  # every trial of this one raises: its runs refuse lora_dropout 1.5
+    with pytest.raises(RuntimeError, match="trial 0: hpeft fit exited with status 2"):
+        run_worker(broken, url)
+    first = load(url, config.study).trials
+    assert [t.state for t in first] == [TrialState.FAIL]
+    run_worker(config, url)
+    trials = load(url, config.study).trials
+    done = sorted(t.params["model.init_args.lora_rank"] for t in trials if t.state == TrialState.COMPLETE)
+    assert done == [1, 2, 3]  # the failed point among them, and no point twice
+    assert len(trials) == 4
 
 
 def _worker(cfg: Path, url: str, cwd: Path, index: int) -> subprocess.Popen:
