@@ -70,7 +70,9 @@ def training_memory(module, weights_bytes: int) -> dict:
     module.train()
     peaks = {}
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        # fork_rng: the example batches and any dropout draw from a copy of the RNG, so measuring changes no
+        # run's random stream (a run's figures stay what they were before this measurement existed).
+        with torch.random.fork_rng(), torch.inference_mode(False), torch.enable_grad():
             for b in (1, 2):
                 batch = module.example_batch(b)
                 peaks[b] = step_peak(lambda: module.training_loss(batch).backward())["step_peak_bytes"]
