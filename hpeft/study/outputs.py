@@ -159,6 +159,10 @@ def write_png(result: dict, path: Path) -> Path:
             ax.errorbar(a["params_trainable"]["mean"], a["metric"]["mean"], yerr=err, fmt="o", capsize=3)
             ax.annotate(a["arm"], (a["params_trainable"]["mean"], a["metric"]["mean"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
+        for ref in (a for a in result["arms"] if a["level"] == level and not a["params_trainable"]["mean"] and a["metric"]["mean"] is not None):
+            ax.axhline(ref["metric"]["mean"], linestyle="--", linewidth=1, color="grey")  # a reference arm (nothing trained)
+            ax.text(0.01, ref["metric"]["mean"], f" {ref['arm']} (nothing trained)", fontsize=7, color="grey",
+                    va="bottom", transform=ax.get_yaxis_transform())
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
         name = arms[0].get("metric_name", result["metric"]) if arms else result["metric"]

@@ -3,8 +3,8 @@ resume), measure the reference arms (`command: test`, e.g. the untouched base fo
 run record back into per-(arm, level, seed) figures.
 
 A study started again with the same --out and storage re-runs only what is missing: the base file is reused
-when its resolved config hashes the same, the grid sampler skips finished (arm, level, seed) points, and a
-reference run is skipped when its marker (DIR/refs/*.json, written after the run's record) exists."""
+when its resolved config hashes the same, the search hands out only the (arm, level, seed) points that have no
+finished run, and a reference run is skipped when its marker (DIR/refs/*.json, written after its record) exists."""
 
 from __future__ import annotations
 

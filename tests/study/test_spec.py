@@ -93,3 +93,19 @@ def test_a_base_checkpoint_of_another_shape_is_refused_before_any_run(tmp_path, 
     fails([str(path), "--scale", "tiny", "--out", str(tmp_path / "out")], capsys, "other.safetensors", "'d_model': 16", "'d_model': 32")
     assert not (tmp_path / "out" / "runs").exists()
     assert TINY_BACKBONE["init_args"]["d_model"] == 32  # what the arm builds
+
+
+def test_controls_are_matched_by_the_parameter_formula_at_cluster_scale(tmp_path, monkeypatch):
+    """seed000 --scale cluster --dry-run writes the arms without running them: the matched controls come out as
+    the counts' closed forms give them at d_model 128, 4 layers, d_ff 1024 (LoRA on q, v and ffn.0)."""
+    monkeypatch.chdir(REPO)
+    main(["study", "seed000", "--scale", "cluster", "--dry-run", "--out", str(tmp_path)])
+    d, layers, d_ff = 128, 4, 1024
+    lora_per_rank = layers * (2 * (d + d) + (d + d_ff))           # A and B of q, v (d x d) and ffn.0 (d -> d_ff)
+    hybrid_s, hybrid_m = 50 * d + 10 * lora_per_rank, 100 * d + 10 * lora_per_rank
+    arm = lambda name: yaml.safe_load((tmp_path / "arms" / f"{name}.yaml").read_text())["model"]["init_args"]  # noqa: E731
+    assert arm("control_prompt570")["prompt_length"] == round(hybrid_s / d) == 570
+    assert arm("control_lora12")["lora_rank"] == round(hybrid_m / lora_per_rank) == 12
+    assert not (tmp_path / "runs").exists()
+    search = yaml.safe_load((tmp_path / "search.yaml").read_text())
+    assert len(search["space"]["config"]) == 28 and search["space"]["seed_everything"] == [0, 1, 2]  # 24 grid cells + 9 named arms - 5 shared

@@ -61,7 +61,7 @@ def check_against_records(result: dict) -> None:
         assert h["verdict"] in VERDICTS and {"id", "statement", "estimate", "ci95", "n"} <= set(h)
         if h["ci95"] is not None and h["estimate"] is not None and h["kind"] not in ("frontier", "dominates"):
             assert h["ci95"][0] - 1e-9 <= h["estimate"] <= h["ci95"][1] + 1e-9
-        if h["n"] < 2:
+        if h["n"] < 2 and not h.get("note"):  # a note: decided by construction (no cheaper arm, none eligible)
             assert h["verdict"] == "inconclusive"
 
 
@@ -110,7 +110,7 @@ def test_seed003_tiny(studies):
     check_outputs(out, result)
     runs = {(r["arm"], r["seed"]): r for r in result["runs"]}
     full, hybrid = runs[("full", 0)], runs[("lora_adapter", 0)]
-    assert full["params_trainable"] > 10 * hybrid["params_trainable"]
+    assert full["params_trainable"] == summary(full["run_dir"])["params"]["total"] > hybrid["params_trainable"]  # every weight trains
     # Modelled training memory: Adam's two moments per trainable element make full fine-tuning's state larger.
     parts = {a: summary(runs[(a, 0)]["run_dir"])["memory"]["train_model_parts"] for a in ("full", "lora_adapter")}
     assert parts["full"]["optimizer_state_bytes"] == 2 * 4 * full["params_trainable"]
@@ -146,7 +146,7 @@ def test_seed002_tiny_joins_its_parts(studies):
         check_outputs(out / part, result)
         assert {f"{part}:{h['id']}" for h in result["hypotheses"]} <= {h["id"] for h in joined["hypotheses"]}
         hp = [a for a in result["arms"] if a["arm"].startswith("hp_")]
-        assert len(hp) == 2 and all(a["methods"] for a in hp)  # the reduced tiny grid: theta 0.2 and 0.3
+        assert len(hp) == 1 and all(a["methods"] for a in hp)  # the tiny grid: one cell
     assert joined["runs_found"] == sum(json.loads((out / p / "study.json").read_text())["runs_found"] for p in joined["parts"])
     check_outputs(out, joined)
     eff = next(h for h in joined["hypotheses"] if h["id"].startswith("seed002_channel:all-vs-best-single-efficiency"))
