@@ -114,6 +114,9 @@ class HpeftCLI(LightningCLI):
         parser.add_argument("--wandb_project", type=str, default="hpeft", help="W&B project name.")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="After fit, test the best checkpoint in the same run (fit only).")
+        parser.add_argument("--memory_model", type=bool, default=False,
+                            help="On the CPU, also record the modelled training memory (weights + Adam state + a "
+                                 "profiled step; hpeft/metrics/memory.py): about 1 s more per run. Studies set it.")
         parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
 
     # -- validation before anything is written -------------------------------------------------
@@ -157,7 +160,7 @@ class HpeftCLI(LightningCLI):
         seed = cfg.get("seed_everything")
         # The meter must finish its figures before the recorder writes them: callbacks run in list order.
         callbacks = list(callbacks) + [
-            EfficiencyMeter(),
+            EfficiencyMeter(memory_model=bool(cfg.get("memory_model"))),
             RunRecorder(run_dir, cfg.experiment, run_id, config_yaml, seed=seed if isinstance(seed, int) else None),
         ]
         user = config.get("callbacks") or []

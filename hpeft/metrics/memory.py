@@ -37,12 +37,14 @@ def quiet_stderr():
             os.close(saved)
 
 
-def step_peak(step: Callable[[], None]) -> dict:
+def step_peak(step: Callable[[], None], collect: bool = True) -> dict:
     """Run `step` under torch.profiler(profile_memory=True): the peak of torch's live CPU bytes during it above
-    the bytes live when it started, and the bytes still live at its end."""
+    the bytes live when it started, and the bytes still live at its end. `collect`: gc first (a benchmark's clean
+    start; the figure counts only the step's own allocations either way)."""
     from torch.profiler import ProfilerActivity, profile
 
-    gc.collect()
+    if collect:
+        gc.collect()
     with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -75,7 +77,7 @@ def training_memory(module, weights_bytes: int) -> dict:
         with torch.random.fork_rng(), torch.inference_mode(False), torch.enable_grad():
             for b in (1, 2):
                 batch = module.example_batch(b)
-                peaks[b] = step_peak(lambda: module.training_loss(batch).backward())["step_peak_bytes"]
+                peaks[b] = step_peak(lambda: module.training_loss(batch).backward(), collect=False)["step_peak_bytes"]
                 module.zero_grad(set_to_none=True)
     finally:
         module.train(was_training)

@@ -4,7 +4,8 @@ n_trials counts across every worker on the study (on any machine): a worker star
 COMPLETE + PRUNED + RUNNING trials number fewer than n_trials, checked and started under a lock so two
 workers never both take the last one. A worker with nothing left to start waits while others still run
 trials, looking for stale ones: if their worker dies, the heartbeat check fails the trial, the retry
-callback enqueues it again, and this worker runs it. So a study ends with exactly n_trials finished."""
+callback enqueues it again, and this worker runs it. So a study ends with exactly n_trials finished.
+A grid is handed out point by point (next_grid_point): every point runs once, a failed one again."""
 
 from __future__ import annotations
 
@@ -58,8 +59,7 @@ def finished_grid_points(study: optuna.Study) -> int:
 def next_grid_point(study: optuna.Study, space: dict, seed: int = 0) -> dict | None:
     """The first grid point, in an order shuffled by the sampler's seed (the same in every worker, so a grid cut
     short by n_trials is a random part of it), with no finished, running or queued trial; None when every point
-    has one. hpeft hands
-    grid points out itself, as enqueued trials, rather than leaving it to Optuna's GridSampler: that sampler
+    has one. hpeft hands grid points out itself, as enqueued trials, rather than leaving it to Optuna's GridSampler: it
     counts a FAILED point as visited and, once every point was visited, re-runs a random one, so a grid with a
     failed trial (a run that raised, since fixed) would end with a duplicate and a hole."""
     trials = study.get_trials(deepcopy=False)
@@ -101,7 +101,8 @@ def run_worker(config: SearchConfig, url: str, poll_seconds: float | None = None
                                   "the worker's log say why.")
             waiting, point = counts[TrialState.WAITING], None
             if grid:
-                point = None if waiting else next_grid_point(study, config.space, config.sampler.get("seed") or 0)
+                seed = (config.sampler.get("seed") if isinstance(config.sampler, dict) else None) or 0
+                point = None if waiting else next_grid_point(study, config.space, seed)
                 idle = not waiting and point is None
             else:
                 idle = finished + counts[TrialState.RUNNING] >= target

@@ -149,7 +149,9 @@ def make_plan(study: Study, out: Path, storage: str | None = None, wandb: str | 
     arms_dir = out / "arms"
     # shuffle_seed "global": seed s also sets the data order, so the seeds sample both sources of run-to-run
     # spread (initialisation and order) and arms of one seed share both (the pairing).
-    fixed = {"runs_dir": str(out / "runs"), "test_after_fit": True, "data.init_args.shuffle_seed": "global", **study.set}
+    # memory_model: CPU runs' training memory is modelled (hpeft/metrics/memory.py); their RSS is the process's.
+    fixed = {"runs_dir": str(out / "runs"), "test_after_fit": True, "memory_model": True,
+             "data.init_args.shuffle_seed": "global", **study.set}
     if wandb:
         fixed["wandb"] = wandb
     base_file, base_args, base = None, None, {}

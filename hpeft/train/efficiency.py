@@ -7,7 +7,7 @@
 - peak memory: CUDA max allocated on a GPU; on the CPU the peak resident set size sampled every few
   batches of the run's loops (and the process's lifetime peak beside it). Beside it, on the CPU, the
   modelled training memory (metrics/memory.py: weights + Adam state + a profiled step at the run's batch
-  size), which does not depend on what else the process did: RSS does.
+  size), which does not depend on what else the process did: RSS does. Opt-in (`memory_model: true`).
 - train samples/s: samples over the time spent inside training batches (forward, backward, optimizer
   step), after a few warm-up batches, so data generation and validation do not blur the figure.
 - batch-1 latency: median of repeated eval-mode forwards on one sample.
@@ -88,7 +88,7 @@ def batch1_latency_ms(module: L.LightningModule, repeats: int = 30, warmup: int 
 
 
 class EfficiencyMeter(L.Callback):
-    def __init__(self, warmup_batches: int = 3, latency_repeats: int = 30, rss_every: int = 10):
+    def __init__(self, warmup_batches: int = 3, latency_repeats: int = 30, rss_every: int = 10, memory_model: bool = False):
         self.warmup_batches = warmup_batches
         self.rss_every = rss_every
         self._rss = 0
@@ -100,6 +100,7 @@ class EfficiencyMeter(L.Callback):
         self._t0 = 0.0
         self._fit_start = 0.0
         self._train_model_bytes = 0
+        self.memory_model = memory_model  # off by default: the profiler's first use costs about a second
 
     def _static_figures(self, pl_module) -> None:
         if "flops" not in self.figures:
@@ -111,7 +112,9 @@ class EfficiencyMeter(L.Callback):
         from hpeft.metrics.memory import training_memory
         from hpeft.models.quantize import model_bytes
 
-        if "memory_parts" not in self.figures and hasattr(pl_module, "training_loss") and any(p.requires_grad for p in pl_module.parameters()):
+        if not self.memory_model or "memory_parts" in self.figures:
+            return
+        if hasattr(pl_module, "training_loss") and any(p.requires_grad for p in pl_module.parameters()):
             self.figures["memory_parts"] = training_memory(pl_module, model_bytes(pl_module))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
