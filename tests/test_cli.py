@@ -159,7 +159,7 @@ def test_pretrained_base_is_exported_and_loaded_for_transfer(tmp_path, cache_dir
 def test_top_level_help_lists_every_command(tmp_path):
     result = run_hpeft(["--help"], tmp_path)
     assert result.returncode == 0
-    for command in ("fit", "validate", "test", "predict", "inspect", "data"):
+    for command in ("fit", "validate", "test", "predict", "inspect", "data", "search", "study"):
         assert command in result.stdout.split("hpeft COMMAND")[0], command
     unknown = run_hpeft(["nope"], tmp_path)
     assert unknown.returncode == 2 and "'nope'" in unknown.stderr and "inspect" in unknown.stderr
