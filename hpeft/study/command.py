@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -150,7 +151,4 @@ def join_parts(composite: dict, scale: str, results: list[dict]) -> dict:
 
 
 def _levels(study) -> int:
-    n = 1
-    for values in study.factors.values():
-        n *= len(values)
-    return n
+    return math.prod(len(values) for values in study.factors.values())

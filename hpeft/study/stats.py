@@ -54,10 +54,11 @@ def paired(a: Sequence[float], b: Sequence[float], method: str = "t") -> dict:
     """a - b over paired seeds: {n, estimate (mean difference), ci95, p (two-sided paired t-test)}."""
     if len(a) != len(b):
         raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
-    diffs = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
+    pairs = [(x, y) for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
+    diffs = [x - y for x, y in pairs]
     out = {"n": len(diffs), "estimate": float(np.mean(diffs)) if diffs else None, "ci95": interval(diffs, method), "p": None}
     if len(diffs) >= 2 and np.ptp(diffs) > 0:
-        out["p"] = float(stats.ttest_rel([x for x, y in zip(a, b)], [y for x, y in zip(a, b)]).pvalue)
+        out["p"] = float(stats.ttest_rel([x for x, _ in pairs], [y for _, y in pairs]).pvalue)
     return out
 
 

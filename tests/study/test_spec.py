@@ -8,7 +8,7 @@ import yaml
 
 from hpeft.cli import main
 from hpeft.study import spec
-from tests.conftest import REPO, TINY_BACKBONE, tiny_config, tiny_data
+from tests.conftest import REPO, TINY_BACKBONE, tiny_config
 
 STUDIES = sorted(p.stem for p in (REPO / "studies").glob("*.yaml"))
 
