@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressB
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
+from hpeft.train.distributed import close_process_group
 from hpeft.train.efficiency import EfficiencyMeter
 from hpeft.train.model_summary import HpeftModelSummary
 from hpeft.train.run_record import RunRecorder
@@ -246,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             HpeftCLI()
         finally:
             sys.argv = argv0
+        close_process_group()
         return None
     _fail(f"unknown command {command!r}; valid commands: {[*TRAINER_COMMANDS, 'inspect', 'data', 'search', 'study', 'report', 'dashboard']}")
 

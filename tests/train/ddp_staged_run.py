@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from hpeft import Staged
 from hpeft.models import ChannelTransformerConfig
+from hpeft.train.distributed import close_process_group
 from hpeft.train.stages import Stage
 
 
@@ -42,6 +43,7 @@ def main(out: str) -> None:
     with open(f"{out}/rank{trainer.global_rank}.json", "w") as f:
         json.dump({"steps": trainer.global_step, "ranks_equal": bool(torch.equal(both[0], both[1])),
                    "moved_in_stage_2": not torch.equal(weight, boundary.weight)}, f)
+    close_process_group()
 
 
 if __name__ == "__main__":
