@@ -8,210 +8,31 @@
     hpeft report --runs runs/ [--storage URL --study NAME] [--wandb ENTITY/PROJECT] --out report.html
     hpeft dashboard [--runs runs/] [--port 8050]   serve the report on 127.0.0.1, rebuilt as runs land
 
-Every fit/validate/test/predict run gets its own directory runs/<experiment>/<run_id>/ holding the
-resolved config.yaml, summary.json, adapter.safetensors, checkpoints and the W&B run. LightningCLI's
-own SaveConfigCallback is off: it writes into a shared directory and refuses a second run there.
-`--ckpt_path last` resumes the newest run of the experiment that left a last.ckpt, in its own dir.
+This module is the dispatcher only: it imports nothing heavy, so `hpeft --help`, `hpeft COMMAND --help` and
+`hpeft report` start without torch or Lightning (importing Lightning alone takes seconds). Each command's
+module is imported when that command runs; the trainer commands live in hpeft/lightning_cli.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import secrets
 import sys
-import time
-from pathlib import Path
 
-import lightning.pytorch as L
-import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import WandbLogger
-
-from hpeft.train.distributed import close_process_group
-from hpeft.train.efficiency import EfficiencyMeter
-from hpeft.train.model_summary import HpeftModelSummary
-from hpeft.train.run_record import RunRecorder
+from hpeft.utils.errors import fail
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
-WANDB_MODES = ("auto", "offline", "online", "disabled")
+COMMANDS = (*TRAINER_COMMANDS, "inspect", "data", "search", "study", "report", "dashboard")
 
 
-def resolve_wandb_mode(mode: str) -> str:
-    """'auto' is online only when the user's W&B setup says so (WANDB_MODE, an API key, or a login in
-    ~/.netrc); otherwise offline, so no account is needed and nothing ever waits for a login prompt."""
-    if mode != "auto":
-        return mode
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    netrc = Path.home() / ".netrc"
-    if os.environ.get("WANDB_API_KEY") or (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
-        return "online"
-    return "offline"
+def _run_trainer_command(argv: list[str]) -> None:
+    from hpeft.lightning_cli import HpeftCLI
+    from hpeft.train.distributed import close_process_group
 
-
-def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-
-
-def latest_resumable_run(experiment_dir: Path, config_yaml: str) -> Path | None:
-    """The newest run of the experiment with a last.ckpt whose model and data config equal this one's.
-    Other runs of the experiment (another rank, another scenario) are never resumed by mistake."""
-    wanted = yaml.safe_load(config_yaml)
-    same = lambda run: all(  # noqa: E731
-        yaml.safe_load((run / "config.yaml").read_text()).get(k) == wanted.get(k) for k in ("model", "data")
-    ) if (run / "config.yaml").is_file() else False
-    candidates = sorted(experiment_dir.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    matching = [c.parent.parent for c in candidates if same(c.parent.parent)]
-    return matching[-1] if matching else None
-
-
-def known_class_paths() -> dict[str, list[str]]:
-    """What a config may name by class_path, by role (listed when a config names something else)."""
-    from hpeft import _LAZY
-    from hpeft.models import BackboneConfig
-    from hpeft.peft import METHODS
-
-    return {
-        "model": [f"hpeft.{n}" for n, m in _LAZY.items() if m == "hpeft.tasks"],
-        "data": [f"hpeft.{n}" for n, m in _LAZY.items() if m == "hpeft.data"],
-        "backbone": [f"hpeft.models.{cls.__name__}" for cls in BackboneConfig.__subclasses__()],
-        "methods": [f"hpeft.peft.{cls.__name__}" for cls in METHODS.values()],
-    }
-
-
-class HpeftArgumentParser(LightningArgumentParser):
-    """Lightning's parser; a bad class_path also gets the list of valid ones (jsonargparse names only the bad one)."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        if "class_path" in message:
-            known = "; ".join(f"{role}: {', '.join(paths)}" for role, paths in known_class_paths().items())
-            message = f"{message}\nvalid class paths: {known}"
-        return super().error(message, ex)
-
-
-class HpeftCLI(LightningCLI):
-    def __init__(self, args=None, run: bool = True, **kwargs):
-        super().__init__(
-            L.LightningModule,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=None,
-            parser_class=HpeftArgumentParser,
-            args=args,
-            run=run,
-            **kwargs,
-        )
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--experiment", type=str, default="default",
-                            help="Experiment name; runs go to <runs_dir>/<experiment>/<run_id>/.")
-        parser.add_argument("--runs_dir", type=str, default="runs", help="Root folder of run records.")
-        parser.add_argument("--wandb", type=str, default="auto",
-                            help=f"W&B mode, one of {WANDB_MODES}; auto is offline unless your W&B setup is logged in.")
-        parser.add_argument("--wandb_project", type=str, default="hpeft", help="W&B project name.")
-        parser.add_argument("--test_after_fit", type=bool, default=False,
-                            help="After fit, test the best checkpoint in the same run (fit only).")
-        parser.add_argument("--memory_model", type=bool, default=False,
-                            help="On the CPU, also record the modelled training memory (weights + Adam state + a "
-                                 "profiled step; hpeft/metrics/memory.py): about 1 s more per run. Studies set it.")
-        parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
-
-    # -- validation before anything is written -------------------------------------------------
-    def _check_run_args(self, cfg) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.experiment or ""):
-            raise ValueError(f"experiment={cfg.experiment!r} must be a folder name: letters, digits, '.', '_' and '-'")
-        if cfg.wandb not in WANDB_MODES:
-            raise ValueError(f"wandb={cfg.wandb!r}; valid modes: {list(WANDB_MODES)}")
-
-    def instantiate_classes(self) -> None:
-        cfg = self.config.get(str(self.subcommand), self.config)
-        try:
-            self._check_run_args(cfg)
-            super().instantiate_classes()
-            if self.subcommand == "fit" and not any(p.requires_grad for p in self.model.parameters()):
-                raise ValueError("nothing to train: give PEFT methods or set model.init_args.train_base: true")
-        except (ValueError, FileNotFoundError) as err:
-            # Bad configs end here, before any data is generated or any run directory is made.
-            _fail(str(err))
-
-    # -- the run directory, logger and callbacks ---------------------------------------------------
-    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
-        cfg = self.config.get(str(self.subcommand), self.config)
-        if self.subcommand is None:  # inspect / data: no run, nothing written
-            return None
-        experiment_dir = Path(cfg.runs_dir) / cfg.experiment
-        config_yaml = self._parser(self.subcommand).dump(cfg, skip_none=False)
-        run_dir = latest_resumable_run(experiment_dir, config_yaml) if cfg.get("ckpt_path") == "last" else None
-        if cfg.get("ckpt_path") == "last" and run_dir is None:
-            print(f"hpeft: no run under {experiment_dir} with this model and data config left a last.ckpt; "
-                  "starting a new run", file=sys.stderr)
-        if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("HPEFT_RUN_ID"):
-            # A DDP rank launched by rank 0 re-runs this CLI: it joins rank 0's run, not a new one.
-            run_id = os.environ["HPEFT_RUN_ID"]
-        else:
-            run_id = run_dir.name if run_dir else new_run_id()
-            os.environ["HPEFT_RUN_ID"] = run_id  # inherited by the DDP ranks this process launches
-        run_dir = experiment_dir / run_id
-        self.run_dir = run_dir
-
-        seed = cfg.get("seed_everything")
-        # The meter must finish its figures before the recorder writes them: callbacks run in list order.
-        callbacks = list(callbacks) + [
-            EfficiencyMeter(memory_model=bool(cfg.get("memory_model"))),
-            RunRecorder(run_dir, cfg.experiment, run_id, config_yaml, seed=seed if isinstance(seed, int) else None),
-        ]
-        user = config.get("callbacks") or []
-        present = [*callbacks, *(user if isinstance(user, list) else [user])]  # the config's own trainer.callbacks too
-        if not any(isinstance(cb, ModelCheckpoint) for cb in present) and config.get("enable_checkpointing", True) is not False:
-            task = self.model.task
-            callbacks.append(ModelCheckpoint(
-                dirpath=run_dir / "checkpoints", monitor=f"val/{task.metric}", mode="max" if task.higher_is_better else "min",
-                save_last=True, save_top_k=1, filename="best",
-            ))
-        if not any(isinstance(cb, ModelSummary) for cb in present) and config.get("enable_model_summary") is not False:
-            callbacks.append(HpeftModelSummary(max_depth=1))
-        if not any(isinstance(cb, ProgressBar) for cb in present) and config.get("enable_progress_bar") is not False:
-            callbacks.append(RichProgressBar(leave=True))
-        if config.get("logger") in (None, True):
-            mode = resolve_wandb_mode(cfg.wandb)
-            config["logger"] = False if mode == "disabled" else WandbLogger(
-                project=cfg.wandb_project, name=run_id, id=run_id, group=cfg.experiment, job_type=str(self.subcommand),
-                save_dir=str(run_dir), offline=mode == "offline", resume="allow",
-                config={"run_id": run_id, "experiment": cfg.experiment, **json.loads(json.dumps(cfg.as_dict(), default=str))},
-            )
-        config["default_root_dir"] = str(run_dir)
-        return super()._instantiate_trainer(config, callbacks)
-
-    def after_fit(self) -> None:
-        cfg = self.config.get(str(self.subcommand), self.config)
-        if cfg.get("test_after_fit"):
-            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-        if self.trainer.is_global_zero:
-            print(f"hpeft: run record in {self.run_dir}")
-
-
-def _fail(message: str) -> None:
-    print(f"hpeft: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-class BuildOnlyCLI(HpeftCLI):
-    """Parses a run config and builds its model and data module, but no trainer: for inspect and data."""
-
-    def __init__(self, args):
-        argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when args and sys.argv both hold arguments
-        try:
-            super().__init__(args=args, run=False)
-        finally:
-            sys.argv = argv
-
-    def instantiate_trainer(self, **kwargs):
-        return None
+    argv0, sys.argv = sys.argv, sys.argv[:1] + argv
+    try:
+        HpeftCLI()
+    finally:
+        sys.argv = argv0
+    close_process_group()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,14 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\n`hpeft COMMAND --help` lists a command's options; configs/ holds ready configs.")
         raise SystemExit(0 if command else 2)
     if command in TRAINER_COMMANDS:
-        argv0, sys.argv = sys.argv, sys.argv[:1] + argv
-        try:
-            HpeftCLI()
-        finally:
-            sys.argv = argv0
-        close_process_group()
-        return None
-    _fail(f"unknown command {command!r}; valid commands: {[*TRAINER_COMMANDS, 'inspect', 'data', 'search', 'study', 'report', 'dashboard']}")
+        return _run_trainer_command(argv)
+    fail(f"unknown command {command!r}; valid commands: {list(COMMANDS)}")
 
 
 if __name__ == "__main__":

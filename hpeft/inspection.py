@@ -62,7 +62,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
 
 
 def inspect_command(argv: list[str]) -> None:
-    from hpeft.cli import BuildOnlyCLI
+    from hpeft.lightning_cli import BuildOnlyCLI
 
     as_json = "--json" in argv
     # Counts and FLOPs do not depend on weight values, so the base checkpoint is not loaded: a transfer

@@ -1,20 +1,27 @@
 """Data modules: Sionna channel-estimation data (channel.py), its scenario registry, language-modelling text
-(text.py) and the tensor cache."""
+(text.py) and the tensor cache.
 
-from .cache import TensorCache, cache_key
-from .channel import ChannelDataConfig, ChannelDataModule, generate, throughput
-from .scenarios import SCENARIO_MIXES, SCENARIOS, scenario_names
-from .text import TextDataModule
+Names are imported on first use (as in `hpeft/__init__.py`), so `hpeft data --help` needs no torch."""
 
-__all__ = [
-    "ChannelDataModule",
-    "ChannelDataConfig",
-    "TextDataModule",
-    "SCENARIOS",
-    "SCENARIO_MIXES",
-    "scenario_names",
-    "TensorCache",
-    "cache_key",
-    "generate",
-    "throughput",
-]
+from importlib import import_module
+
+_LAZY = {
+    "ChannelDataModule": ".channel",
+    "ChannelDataConfig": ".channel",
+    "generate": ".channel",
+    "throughput": ".channel",
+    "TextDataModule": ".text",
+    "SCENARIOS": ".scenarios",
+    "SCENARIO_MIXES": ".scenarios",
+    "scenario_names": ".scenarios",
+    "TensorCache": ".cache",
+    "cache_key": ".cache",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'hpeft.data' has no attribute {name!r}")

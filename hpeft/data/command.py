@@ -8,8 +8,18 @@ import json
 from rich.console import Console
 
 
+USAGE = """usage: hpeft data --config CFG [--data.init_args.KEY VALUE ...]
+
+Generate (or verify) and cache the dataset of a run config (the same config `hpeft fit` takes), then print
+where it lives and the test split's classical baselines (LS, LMMSE). Nothing is trained, no run directory
+is made. The keys a config may set: `hpeft fit --help`, or `hpeft fit --data.help hpeft.ChannelDataModule`."""
+
+
 def data_command(argv: list[str]) -> None:
-    from hpeft.cli import BuildOnlyCLI
+    if not argv or argv[0] in ("-h", "--help"):  # answered without building a parser, so without torch
+        print(USAGE)
+        raise SystemExit(0 if argv else 2)
+    from hpeft.lightning_cli import BuildOnlyCLI
 
     cli = BuildOnlyCLI(argv)
     dm = cli.datamodule

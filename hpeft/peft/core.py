@@ -36,6 +36,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from hpeft.utils.names import layer_index  # noqa: F401 - part of this module's API (methods import it from here)
+
 METHODS: dict[str, type["MethodSpec"]] = {}
 _apply_order = itertools.count()
 
@@ -185,11 +187,6 @@ def match(pattern: str, name: str) -> bool:
 def logical_name(path: str) -> str:
     """A module path with the wrappers' `base_layer` hops removed: the name patterns are matched against."""
     return ".".join(part for part in path.split(".") if part != "base_layer")
-
-
-def layer_index(name: str) -> int | None:
-    """The first number in a module name: its layer (block) index; None for modules outside the layers."""
-    return next((int(part) for part in name.split(".") if part.isdigit()), None)
 
 
 def positions(model: nn.Module) -> dict[str, str]:

@@ -54,7 +54,7 @@ def report_command(argv: list[str]) -> None:
     parser.add_argument("--out", default="report.html", help="the HTML file to write")
     parser.add_argument("--title", default="hpeft report")
     args = parser.parse_args(argv)
-    from hpeft.cli import resolve_wandb_mode
+    from hpeft.utils.wandb_mode import resolve_wandb_mode
 
     mode = resolve_wandb_mode("auto") if args.wandb else None
     try:

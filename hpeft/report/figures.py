@@ -7,7 +7,7 @@ import math
 
 import plotly.graph_objects as go
 
-from hpeft.peft.core import layer_index
+from hpeft.utils.names import layer_index
 from hpeft.report.rows import goodness, groups
 
 LAYOUT = dict(template="plotly_white", height=460, margin=dict(l=60, r=20, t=50, b=50), legend=dict(font=dict(size=10)))

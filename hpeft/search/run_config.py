@@ -32,7 +32,7 @@ class _ParseOnly:
     """LightningCLI's parser for `hpeft fit`, without instantiating anything (no model, data or checkpoint)."""
 
     def __init__(self):
-        from hpeft.cli import HpeftCLI
+        from hpeft.lightning_cli import HpeftCLI
 
         class ParseOnlyCLI(HpeftCLI):
             def instantiate_classes(self) -> None:

@@ -119,7 +119,7 @@ def isolated_process_state():
 def run_trial(trial: optuna.Trial, config: SearchConfig) -> float | list[float]:
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from hpeft.cli import HpeftCLI
+    from hpeft.lightning_cli import HpeftCLI
 
     params = {key: param.suggest(trial) for key, param in config.space.items()}
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")

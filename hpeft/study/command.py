@@ -113,7 +113,7 @@ def run_study(args: argparse.Namespace) -> dict:
     if args.workers < 1:
         raise StudyError(f"--workers {args.workers}: give 1 or more")
     if args.wandb is not None:
-        from hpeft.cli import WANDB_MODES
+        from hpeft.utils.wandb_mode import WANDB_MODES
 
         if args.wandb not in WANDB_MODES:
             raise StudyError(f"--wandb {args.wandb!r}; valid: {list(WANDB_MODES)}")

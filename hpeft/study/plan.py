@@ -74,7 +74,7 @@ def _arm_tree(arm: Arm, base: dict) -> dict:
 
 def _build_quiet(args: list[str]):
     """Build a run's model without data or trainer (BuildOnlyCLI); a config error becomes a StudyError."""
-    from hpeft.cli import BuildOnlyCLI
+    from hpeft.lightning_cli import BuildOnlyCLI
 
     err = io.StringIO()
     seed_log = logging.getLogger("lightning.fabric.utilities.seed")  # "Seed set to 0" once per build

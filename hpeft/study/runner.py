@@ -19,7 +19,7 @@ from hpeft.utils.atomic import atomic_write_json
 
 
 def _fit_in_process(command: str, args: list[str]) -> Path:
-    from hpeft.cli import HpeftCLI
+    from hpeft.lightning_cli import HpeftCLI
     from hpeft.search.trial import isolated_process_state
 
     with isolated_process_state():
