@@ -39,7 +39,7 @@ studies: setup
 			studies_out/$$s-cpu/main.png docs/studies/$$s-cpu/ || exit 1; \
 	done
 
-lock:
+lock:  # KEEP=1: keep the current pins, resolve only new dependencies
 	PYTHON=$(PYTHON) TORCH=$(TORCH) requirements/make_lock.sh
 
 clean:

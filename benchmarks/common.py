@@ -79,3 +79,15 @@ def torch_threads(threads: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+GOAL_OPS = {">=": lambda v, g: v >= g, "<=": lambda v, g: v <= g, ">": lambda v, g: v > g, "<": lambda v, g: v < g,
+            "==": lambda v, g: v == g}
+
+
+def goal(name: str, value: float, target: float, op: str) -> dict:
+    """One row of bench_out/results.json's `goals` table: {name, value, goal, met} (plus the comparison, so
+    the table reads "value op goal"). A value that is not a finite number never meets its goal."""
+    finite = isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+    return {"name": name, "value": float(value) if finite else None, "goal": target, "op": op,
+            "met": bool(finite and GOAL_OPS[op](value, target))}

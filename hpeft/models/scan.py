@@ -1,4 +1,4 @@
-"""Mamba's selective scan behind one function, `selective_scan`, with three implementations.
+"""Mamba's selective scan behind one function, `selective_scan`, with four implementations.
 
 The scan, per batch b, inner channel d and state n (shapes as mamba-ssm's `selective_scan_fn`):
 
@@ -19,8 +19,12 @@ Implementations (`impl`):
   It is the torch custom op `hpeft::selective_scan` with a hand-written backward
   (`hpeft::selective_scan_backward`: a reverse scan of the same recurrence; the states are recomputed, not
   kept, as mamba-ssm's kernel does, so memory stays O(B D L) between forward and backward).
+- "compiled": hpeft's C++ CPU kernel (hpeft/models/csrc/selective_scan.cpp, built on first use by
+  hpeft/models/scan_compiled.py): one fused pass over time per (batch, channel), forward and backward, no
+  [L, B, D, N] tensors. Needs a C++ compiler and ninja.
 - "cuda": mamba-ssm's fused kernel (`selective_scan_fn`), when mamba_ssm is installed and the tensors are on
-  a GPU. "auto" takes it there and "chunked" everywhere else.
+  a GPU. "auto" takes it there, "compiled" on the CPU (or "chunked", with a one-line notice, where the kernel
+  cannot be built).
 
 FLOPs: torch's FlopCounterMode counts no element-wise work, so a Mamba's FLOPs would miss its scan. Being an
 op of its own lets the counter see the scan and count it by `scan_flops` (registered in
@@ -38,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-IMPLS = ("auto", "sequential", "chunked", "cuda")
+IMPLS = ("auto", "sequential", "chunked", "compiled", "cuda")
 
 
 def cuda_kernel():
@@ -75,9 +79,41 @@ def resolve_impl(impl: str, u: Tensor) -> str:
         if reason:
             raise RuntimeError(f"selective scan impl='cuda' cannot run: {reason}; use impl='auto' or 'chunked'")
         return "chunked" if counting else "cuda"
+    if impl == "compiled":
+        from hpeft.models import scan_compiled
+
+        reason = scan_compiled.unavailable_reason() or (f"the tensors are on {u.device}; it is a CPU kernel"
+                                                        if u.device.type != "cpu" else None)
+        if reason:
+            raise RuntimeError(f"selective scan impl='compiled' cannot run: {reason}; "
+                               f"available here: {available_impls(u)}")
+        return "chunked" if counting else "compiled"
+    if counting:
+        return "chunked"
     if impl == "auto":
-        return "cuda" if u.is_cuda and not counting and cuda_kernel() is not None else "chunked"
-    return "chunked" if counting else impl
+        if u.is_cuda:
+            return "cuda" if cuda_kernel() is not None else "chunked"
+        if u.device.type == "cpu":
+            from hpeft.models import scan_compiled
+
+            reason = scan_compiled.unavailable_reason()
+            if reason is None:
+                return "compiled"
+            scan_compiled.notice_fallback(reason)
+        return "chunked"
+    return impl
+
+
+def available_impls(u: Tensor) -> list[str]:
+    """The implementations that can run on tensors like `u` here."""
+    from hpeft.models import scan_compiled
+
+    found = ["auto", "sequential", "chunked"]
+    if u.device.type == "cpu" and scan_compiled.unavailable_reason() is None:
+        found.append("compiled")
+    if u.is_cuda and cuda_kernel() is not None:
+        found.append("cuda")
+    return found
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -85,7 +121,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                    impl: str = "auto", chunk: int = 0) -> Tensor:
     """The selective scan (module docstring) -> [B, D, L] in u's dtype.
 
-    impl: "auto", "sequential", "chunked" or "cuda". chunk: the chunked scan's chunk length; 0 picks
+    impl: "auto", "sequential", "chunked", "compiled" or "cuda". chunk: the chunked scan's chunk length; 0 picks
     about sqrt(L), which balances the steps inside chunks against the steps across them.
     """
     if chunk < 0:
@@ -93,6 +129,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     impl = resolve_impl(impl, u)
     if impl == "cuda":
         return cuda_kernel()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if impl == "compiled":
+        from hpeft.models.scan_compiled import compiled_scan
+
+        return compiled_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if impl == "sequential":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return torch.ops.hpeft.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)

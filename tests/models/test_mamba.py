@@ -33,7 +33,7 @@ def channel_model(**kw) -> MambaChannel:
 # -- transformers compatibility ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scan", ["chunked", "sequential"])
+@pytest.mark.parametrize("scan", ["chunked", "compiled", "sequential"])
 def test_transformers_weights_load_strictly_and_give_the_same_logits(scan):
     hf = hf_mamba()
     ours = MambaConfig(**TINY, vocab_size=64, scan=scan).build((24, 64), 0, 0).eval()
@@ -213,7 +213,7 @@ def test_keep_channels_refuses_a_layer_wrapped_by_a_method_and_bad_indices():
     ({"d_state": 0}, r"d_state=0 must be an integer in \[1, 4096\]"),
     ({"d_state": 8192}, r"d_state=8192 must be an integer in \[1, 4096\]"),
     ({"dt_rank": "big"}, r"dt_rank='big' must be 'auto' or a positive integer"),
-    ({"scan": "fast"}, r"impl='fast'; valid: \['auto', 'sequential', 'chunked', 'cuda'\]"),
+    ({"scan": "fast"}, r"impl='fast'; valid: \['auto', 'sequential', 'chunked', 'compiled', 'cuda'\]"),
     ({"scan_order": "spiral"}, r"unknown scan_order='spiral'; valid: text \['forward', 'reverse'\], grids"),
     ({"scan_fuse": "max"}, r"scan_fuse='max'; valid: \['mean', 'sum'\]"),
     ({"scan_chunk": -1}, r"scan_chunk=-1 must be >= 0"),

@@ -1,11 +1,13 @@
-"""The selective scan (hpeft/models/scan.py) and the scan orders (hpeft/models/scan_order.py): the chunked scan
-and its hand-written backward against the sequential reference, its FLOPs formula, and the orders' permutations."""
+"""The selective scan (hpeft/models/scan.py) and the scan orders (hpeft/models/scan_order.py): the chunked scan,
+the compiled CPU kernel and their hand-written backwards against the sequential reference (float64), the FLOPs
+formula, and the orders' permutations."""
 
 import pytest
 import torch
 from torch import nn
 
 from hpeft.metrics.flops import count_flops
+from hpeft.models import scan_compiled
 from hpeft.models.scan import (cuda_unavailable_reason, linear_scan, resolve_impl, scan_flops, selective_scan,
                                selective_scan_reference)
 from hpeft.models.scan_order import ScanPath, inverse, parse_order, permutation
@@ -47,26 +49,57 @@ def test_chunked_matches_the_sequential_reference_forward_and_backward(length, c
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
 
 
-def test_the_hand_written_backward_passes_gradcheck():
-    inputs = scan_inputs(batch=1, channels=2, length=6, state=3)
+@pytest.mark.parametrize("length", [13, 1, 40])
+@pytest.mark.parametrize("optional", ["all", "none", "no_softplus"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_matches_the_sequential_reference_forward_and_backward(length, optional, threads):
+    """Several batches and channels on 2 threads too: dB and dC sum over channels through per-thread slabs, dA
+    over batches through per-(b, d) rows; a race there would show as a wrong gradient."""
+    inputs = scan_inputs(batch=3, channels=5, length=length)
+    if optional == "none":
+        inputs = {k: inputs[k] for k in ("u", "delta", "A", "B", "C")}
+    kw = {"delta_softplus": optional == "all"}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, g = run(inputs, "compiled", **kw)
+    finally:
+        torch.set_num_threads(before)
+    y_ref, g_ref = run(inputs, "sequential", **kw)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for name in inputs:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("impl", ["chunked", "compiled"])
+def test_the_hand_written_backward_passes_gradcheck(impl):
+    inputs = scan_inputs(batch=2, channels=2, length=6, state=3)
     leaves = tuple(inputs[k].clone().requires_grad_() for k in NAMES)
-    assert torch.autograd.gradcheck(lambda *x: selective_scan(*x, delta_softplus=True, impl="chunked", chunk=4), leaves)
+    assert torch.autograd.gradcheck(lambda *x: selective_scan(*x, delta_softplus=True, impl=impl, chunk=4), leaves)
 
 
-def test_float32_chunked_is_stable_at_the_seeds_largest_state_and_long_steps():
+@pytest.mark.parametrize("impl", ["chunked", "compiled"])
+def test_float32_scan_is_stable_at_the_seeds_largest_state_and_long_steps(impl):
     """d_state 2048 with A down to -2048 and dt around 1-3: decays of exp(-6000) per step. A scan that divides by
-    cumulative decays overflows here; the chunked one only multiplies factors in (0, 1]."""
+    cumulative decays overflows here; both only multiply factors in (0, 1]."""
     inputs = scan_inputs(batch=1, channels=2, length=40, state=2048, dtype=torch.float32, dt_scale=3.0)
     inputs["A"] = -torch.arange(1, 2049, dtype=torch.float32).expand(2, -1).contiguous()
-    y, grads = run(inputs, "chunked", chunk=8, delta_softplus=True)
-    ref = selective_scan_reference(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True)
+    y, grads = run(inputs, impl, chunk=8, delta_softplus=True)
+    ref_inputs = {k: v.double().requires_grad_() for k, v in inputs.items()}
+    ref = selective_scan_reference(**ref_inputs, delta_softplus=True)
     assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads.values())
-    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y.double(), ref.detach(), rtol=1e-4, atol=1e-4)
+    weight = torch.randn(ref.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float32)
+    (ref * weight.double()).sum().backward()
+    for name in ("u", "delta", "B", "C"):
+        torch.testing.assert_close(grads[name].double(), ref_inputs[name].grad, rtol=1e-3, atol=1e-3)
 
 
-def test_output_keeps_the_input_dtype():
+@pytest.mark.parametrize("impl", ["chunked", "compiled"])
+def test_output_and_gradients_keep_the_input_dtype(impl):
     inputs = {k: v.to(torch.bfloat16) for k, v in scan_inputs(dtype=torch.float32).items()}
-    assert selective_scan(**inputs, impl="chunked").dtype == torch.bfloat16
+    y, grads = run(inputs, impl)
+    assert y.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in grads.values())
 
 
 def test_linear_scan_forward_and_reverse_equal_their_loops():
@@ -89,7 +122,7 @@ def test_linear_scan_forward_and_reverse_equal_their_loops():
 
 
 def test_unknown_impl_names_the_valid_ones():
-    with pytest.raises(ValueError, match=r"impl='fast'.*'auto', 'sequential', 'chunked', 'cuda'"):
+    with pytest.raises(ValueError, match=r"impl='fast'.*'auto', 'sequential', 'chunked', 'compiled', 'cuda'"):
         selective_scan(**scan_inputs(), impl="fast")
 
 
@@ -104,8 +137,38 @@ def test_cuda_impl_without_mamba_ssm_or_gpu_says_why():
         selective_scan(**scan_inputs(), impl="cuda")
 
 
-def test_auto_takes_the_chunked_scan_on_cpu():
-    assert resolve_impl("auto", torch.zeros(1)) == "chunked"
+def test_auto_takes_the_compiled_kernel_on_cpu():
+    assert scan_compiled.unavailable_reason() is None  # this machine has g++ and ninja: the kernel must build
+    assert resolve_impl("auto", torch.zeros(1)) == "compiled"
+    with torch.device("meta"):
+        assert resolve_impl("auto", torch.zeros(1)) == "chunked"
+
+
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """This process as it would be without a C++ compiler: CXX names one that does not exist (torch's
+    cpp_extension reads CXX), and the kernel's cached build state is forgotten and restored afterwards."""
+    saved = dict(scan_compiled._state)
+    scan_compiled._state.clear()
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    yield
+    scan_compiled._state.clear()
+    scan_compiled._state.update(saved)
+
+
+def test_compiled_without_a_compiler_names_what_is_missing_and_what_is_available(no_compiler):
+    with pytest.raises(RuntimeError, match=r"impl='compiled' cannot run: no C\+\+ compiler .*/nonexistent/c\+\+.*"
+                                           r"available here: \['auto', 'sequential', 'chunked'\]"):
+        selective_scan(**scan_inputs(), impl="compiled")
+
+
+def test_auto_without_a_compiler_falls_back_with_one_notice(no_compiler, capsys):
+    inputs = scan_inputs()
+    y1, y2 = selective_scan(**inputs), selective_scan(**inputs)
+    notice = capsys.readouterr().err
+    assert notice.count("compiled CPU kernel is unavailable (no C++ compiler") == 1 and "impl='chunked'" in notice
+    torch.testing.assert_close(y1, selective_scan_reference(**inputs), rtol=1e-10, atol=1e-10)
+    assert torch.equal(y1, y2)
 
 
 def test_custom_op_registration_passes_torch_opcheck():
