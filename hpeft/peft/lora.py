@@ -13,6 +13,7 @@ from torch import nn
 
 from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, is_transposed_linear, layer_index, linear_dims, raw_module, require_unstacked, weight_options
 from hpeft.peft.gating import Gate
+from hpeft.peft.lora_fused import FusedLoRALinear, fusable
 
 
 class LoRALinear(PeftLayer):
@@ -33,6 +34,9 @@ class LoRALinear(PeftLayer):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.gate = Gate(in_features).to(**opts) if gated else None
         self.merged = False
+        # The one-node path of hpeft/peft/lora_fused.py where it applies; False forces the F.linear composition
+        # (the reference the fused path is tested against).
+        self.fused = True
 
     @property
     def mergeable(self) -> bool:
@@ -42,6 +46,11 @@ class LoRALinear(PeftLayer):
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.merged and self.gate is None and self.fused and fusable(self.base_layer, x, self.lora_A):
+            x_lora = None if isinstance(self.dropout, nn.Identity) or not self.training else self.dropout(x)
+            base = self.base_layer
+            return FusedLoRALinear.apply(x, x_lora, base.weight, base.bias, self.lora_A, self.lora_B, self.scaling,
+                                         is_transposed_linear(base))
         y = self.base_layer(x)
         if self.merged:
             return y
@@ -58,11 +67,13 @@ class LoRALinear(PeftLayer):
         if not self.base_layer.weight.is_floating_point():
             raise ValueError("LoRA cannot merge into quantised weights; dequantize the base first "
                              "(hpeft.models.quantize.dequantize) and merge into its full-precision weights")
-        # In float32 whatever the weights' dtype, so that unmerge restores bf16/fp16 weights as closely as it can.
+        # In float32 at least (float64 weights stay float64), so that unmerge restores bf16/fp16 weights as
+        # closely as it can.
         w = self.base_layer.weight
-        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+        work = torch.promote_types(w.dtype, torch.float32)
+        delta = (self.lora_B.to(work) @ self.lora_A.to(work)) * self.scaling
         delta = delta.T if is_transposed_linear(self.base_layer) else delta
-        w.copy_((w.float() + sign * delta).to(w.dtype))
+        w.copy_((w.to(work) + sign * delta).to(w.dtype))
 
     def merge(self) -> None:
         """Fold B A into the base weight (outputs unchanged); `unmerge` undoes it."""
