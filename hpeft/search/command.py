@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, help="seconds after which a worker starts no new trial")
     parser.add_argument("--dry-run", action="store_true", help="check everything and print the trials' commands; run nothing")
     parser.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # workers started by --workers
+    # Also only for those workers: the parent has checked the config, run configs and storage, so a worker goes
+    # straight to its trials instead of parsing every run config again (seconds per worker: LightningCLI parsers).
+    parser.add_argument("--prechecked", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -48,6 +51,11 @@ def _search(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise SearchError(f"--workers {args.workers}: give 1 or more")
     config = search_config.load(args.config).with_overrides(args.study_name, args.storage, args.n_trials, args.timeout)
+    from hpeft.search.study import run_worker
+
+    if args.prechecked and config.storage:
+        run_worker(config, config.storage)
+        return
     resolved = check_against_run_configs(config)
     check_base_checkpoints(config, resolved)
     url = config.storage or default_url(resolved[0].get("runs_dir", "runs"), config.study)
@@ -61,7 +69,7 @@ def _search(args: argparse.Namespace) -> None:
         return
 
     from hpeft.search.results import print_study
-    from hpeft.search.study import open_study, run_worker
+    from hpeft.search.study import open_study
 
     open_study(config, url)  # created once here, before any worker starts (and reachable)
     if args.workers > 1:

@@ -12,7 +12,7 @@ import sys
 
 def worker_command(config_path: str, url: str, study: str, n_trials: int | None, timeout: float | None) -> list[str]:
     command = [sys.executable, "-m", "hpeft.cli", "search", "--config", config_path, "--storage", url,
-               "--study-name", study, "--workers", "1", "--no-summary"]
+               "--study-name", study, "--workers", "1", "--no-summary", "--prechecked"]
     if n_trials is not None:
         command += ["--n-trials", str(n_trials)]
     if timeout is not None:
