@@ -141,3 +141,12 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def goals(result: dict) -> list[dict]:
+    """This benchmark's row of the goals table (benchmarks/run.py): the longest length's hardened/dense."""
+    from benchmarks.common import goal
+
+    row = result["rows"][max(result["rows"], key=int)]
+    return [goal(f"hard_mask_latency_keep{MODEL['keep_ratio']}", row["sides"]["hardened"]["ratio_to_dense"],
+                 GOAL_LATENCY, "<=")]

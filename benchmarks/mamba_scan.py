@@ -1,4 +1,4 @@
-"""Mamba's selective scan: hpeft's chunked scan against the sequential reference, and hpeft's Mamba against
+"""Mamba's selective scan: hpeft's compiled and chunked scans against the sequential reference, and hpeft's Mamba against
 transformers' own pure-PyTorch Mamba, forward plus backward at sequence lengths 256, 1024 and 4096.
 
 Everything runs in this process as plain PyTorch, at a fixed torch intra-op thread count, on fixed random
@@ -15,7 +15,7 @@ inputs (values change no cost). A call is a forward and a backward.
    That fraction says how far the kernel is from this machine's memory limit (goal >= 0.5); below it, the
    arithmetic (an exp per state and step, forward and backward) is what bounds it.
 2. Model. A Mamba language model (compiled scan), d_model 32 (d_inner 64), 2 layers, d_state 16, vocab 256, batch 1 x L
-   tokens, all weights trained; mean cross-entropy to the next token. Sides: hpeft's MambaLM with the chunked
+   tokens, all weights trained; mean cross-entropy to the next token. Sides: hpeft's MambaLM with the compiled
    scan, and transformers' MambaForCausalLM (random init, seed 0) with the same weights (loaded into ours
    strictly), which on a CPU without mamba-ssm runs its slow path: a Python loop over time whose backward
    indexes one step of [B, D, L, N] tensors at a time (so its backward grows with L^2). Goal: transformers /

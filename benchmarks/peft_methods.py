@@ -11,8 +11,9 @@ sweeps; each round gives every side's median step (call) time, wall clock and th
 is computed within each round and the reported ratio is the median over rounds.
 
 1. Methods. ChannelTransformer (grid 14x72, tokens 36, d_model 128, 4 layers, 8 heads, d_ff 512), batch 32,
-   NMSE loss (error energy / target energy). 15 models from the same base weights: full fine-tuning and
-   14 method configurations (method_specs). Two warm-up steps each (AdamW's state then exists), then one
+   NMSE loss (error energy / target energy). 16 models from the same base weights: full fine-tuning and
+   15 method configurations (method_specs; "LoRA (unfused)" is LoRA on the F.linear path that
+   hpeft/peft/lora_fused.py replaces). Two warm-up steps each (AdamW's state then exists), then one
    step each under torch.profiler(profile_memory=True), outside the timed rounds: the profiler sees every
    allocation and free of torch's CPU allocator, and `step peak` is the highest total of live bytes
    during that step above what was live when it began (activations saved for backward, gradients,
@@ -81,6 +82,9 @@ GOAL_LORA = 1.0  # hpeft/HF step time
 GOAL_MERGED = 1.01  # merged/base latency
 
 
+UNFUSED = "LoRA (unfused)"
+
+
 def method_specs() -> dict[str, list | None]:
     """Method name -> the specs applied to the ChannelTransformer (None: full fine-tuning, nothing frozen).
     Built anew for every call: specs remember state (shared bottlenecks, Compacter's shared rules)."""
@@ -89,6 +93,7 @@ def method_specs() -> dict[str, list | None]:
     return {
         "full fine-tuning": None,
         "LoRA": [peft.LoRA(rank=LORA_RANK, targets=LORA_TARGETS)],
+        UNFUSED: [peft.LoRA(rank=LORA_RANK, targets=LORA_TARGETS)],
         "IA3": [peft.IA3()],
         "BitFit": [peft.BitFit()],
         "Adapter houlsby": [peft.Adapter(kind="houlsby")],
@@ -222,6 +227,9 @@ def bench_methods(rounds: int, steps: int, warmup: int) -> dict:
         torch.manual_seed(1)
         if method is not None:
             peft.apply(model, method)
+        if name == UNFUSED:  # the F.linear composition the fused node replaced: what fusing saves, side by side
+            for _, layer in peft.peft_layers(model):
+                layer.fused = False
         trainers[name] = Trainer(model, batch, nmse)
     t0 = time.perf_counter()
     first_loss = {}
@@ -578,3 +586,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+GOAL_LORA_VS_FULL = 0.9  # LoRA step / full fine-tuning step on the ChannelTransformer
+
+
+def goals(result: dict) -> list[dict]:
+    """This benchmark's rows of the goals table (benchmarks/run.py)."""
+    from benchmarks.common import goal
+
+    rows = {r["method"]: r for r in result["methods"]["rows"]}
+    out = [goal("lora_step_vs_full", rows["LoRA"]["ratio_to_full"], GOAL_LORA_VS_FULL, "<="),
+           goal("lora_step_vs_hf_peft", result["lora_vs_hf"]["ratio"], GOAL_LORA, "<=")]
+    merged = [row["ratio_to_base"] for rec in result["inference"].values() for row in rec["rows"]
+              if row["variant"].startswith("LoRA") and row["variant"].endswith(" merged")]
+    out.append(goal("merged_lora_latency", max(merged), GOAL_MERGED, "<="))
+    return out

@@ -359,3 +359,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def goals(result: dict) -> list[dict]:
+    """This benchmark's row of the goals table (benchmarks/run.py)."""
+    from benchmarks.common import goal
+
+    return [goal(f"platform_overhead_{os.environ.get('HPEFT_BENCH_SIZE', 'quickstart')}", result["ratio"], GOAL, ">=")]

@@ -167,3 +167,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+GOAL_TWO_WORKERS = 1.6  # finished trials per hour, 2 workers / 1 worker, on 2 cores
+
+
+def goals(result: dict) -> list[dict]:
+    """This benchmark's row of the goals table (benchmarks/run.py)."""
+    from benchmarks.common import goal
+
+    return [goal("search_two_workers_vs_one", result["ratio_search"], GOAL_TWO_WORKERS, ">=")]

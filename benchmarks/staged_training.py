@@ -221,3 +221,17 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+GOAL_NF4_BYTES = 0.15  # NF4 / fp32 bytes of the quantised layers
+GOAL_GALORE_STATE = 0.5  # GaLore / AdamW optimizer state at rank 64 (rank / d_model 0.25)
+
+
+def goals(result: dict) -> list[dict]:
+    """This benchmark's rows of the goals table (benchmarks/run.py)."""
+    from benchmarks.common import goal
+
+    state = result["optimizer_state"]
+    rank = min(state["galore"], key=lambda r: abs(r["rank"] - 64))
+    return [goal("nf4_weight_bytes_vs_fp32", result["weight_bytes"]["ratio_dq"], GOAL_NF4_BYTES, "<="),
+            goal(f"galore_state_vs_adamw_rank{rank['rank']}", rank["ratio"], GOAL_GALORE_STATE, "<=")]
