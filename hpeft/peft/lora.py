@@ -13,7 +13,7 @@ from torch import nn
 
 from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, is_transposed_linear, layer_index, linear_dims, raw_module, require_unstacked, weight_options
 from hpeft.peft.gating import Gate
-from hpeft.peft.lora_fused import FusedLoRALinear, fusable
+from hpeft.peft.lora_fused import fusable, fused_lora_linear
 
 
 class LoRALinear(PeftLayer):
@@ -49,8 +49,8 @@ class LoRALinear(PeftLayer):
         if not self.merged and self.gate is None and self.fused and fusable(self.base_layer, x, self.lora_A):
             x_lora = None if isinstance(self.dropout, nn.Identity) or not self.training else self.dropout(x)
             base = self.base_layer
-            return FusedLoRALinear.apply(x, x_lora, base.weight, base.bias, self.lora_A, self.lora_B, self.scaling,
-                                         is_transposed_linear(base))
+            return fused_lora_linear(x, x_lora, base.weight, base.bias, self.lora_A, self.lora_B, self.scaling,
+                                     is_transposed_linear(base))
         y = self.base_layer(x)
         if self.merged:
             return y

@@ -16,54 +16,61 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules import module as _module_hooks
 
 from hpeft.peft.core import is_transposed_linear
 
 
 class FusedLoRALinear(torch.autograd.Function):
-    """forward(x, x_lora, weight, bias, lora_A, lora_B, scaling, transposed); x_lora None means x itself.
+    """forward(x, x_lora, weight, bias, lora_A, lora_B, scaling, transposed) on 2-D inputs; x_lora None means x.
 
     weight is [out, in] (nn.Linear) or [in, out] when `transposed` (transformers' Conv1D)."""
 
     @staticmethod
     def forward(ctx, x, x_lora, weight, bias, lora_A, lora_B, scaling: float, transposed: bool):
-        in_features = lora_A.shape[1]
-        x2 = x.reshape(-1, in_features)
-        xl2 = x2 if x_lora is None else x_lora.reshape(-1, in_features)
+        # x, x_lora: [N, in] (the caller flattens and unflattens, so the output is no view made in here, which
+        # autograd would refuse to let a later in-place op such as ReLU(inplace=True) modify).
         w_t = weight if transposed else weight.t()  # [in, out]
-        h = xl2 @ lora_A.t()  # [N, r]
-        y = x2 @ w_t if bias is None else torch.addmm(bias, x2, w_t)
+        xl = x if x_lora is None else x_lora
+        h = xl @ lora_A.t()  # [N, r]
+        y = x @ w_t if bias is None else torch.addmm(bias, x, w_t)
         y.addmm_(h, lora_B.t(), alpha=scaling)
-        ctx.save_for_backward(x2, None if x_lora is None else xl2, h, weight, lora_A, lora_B)
-        ctx.scaling, ctx.transposed, ctx.x_shape = scaling, transposed, x.shape
-        ctx.x_lora_shape = None if x_lora is None else x_lora.shape
-        return y.view(*x.shape[:-1], y.shape[-1])
+        ctx.save_for_backward(x, x_lora, h, weight, lora_A, lora_B)
+        ctx.scaling, ctx.transposed = scaling, transposed
+        return y
 
     @staticmethod
+    @once_differentiable  # the backward below is not itself differentiable: double backward raises, not lies
     def backward(ctx, grad):
-        x2, xl2, h, weight, lora_A, lora_B = ctx.saved_tensors
+        x, xl, h, weight, lora_A, lora_B = ctx.saved_tensors
         s, transposed = ctx.scaling, ctx.transposed
-        g2 = grad.reshape(-1, grad.shape[-1])
         need_x, need_xl, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:6]
-        gB = g2 @ lora_B  # [N, r]; dL/dh = s * gB
+        gB = grad @ lora_B  # [N, r]; dL/dh = s * gB
         dx = dxl = dw = db = da = dbb = None
         if need_x:
-            dx = g2 @ (weight.t() if transposed else weight)
-            if xl2 is None:  # both branches read x: one accumulation in place instead of an autograd add
+            dx = grad @ (weight.t() if transposed else weight)
+            if xl is None:  # both branches read x: one accumulation in place instead of an autograd add
                 dx.addmm_(gB, lora_A, alpha=s)
-            dx = dx.view(ctx.x_shape)
-        if xl2 is not None and need_xl:
-            dxl = torch.mm(gB, lora_A).mul_(s).view(ctx.x_lora_shape)
+        if xl is not None and need_xl:
+            dxl = torch.mm(gB, lora_A).mul_(s)
         if need_w:
-            dw = x2.t() @ g2 if transposed else g2.t() @ x2
+            dw = x.t() @ grad if transposed else grad.t() @ x
         if need_b:
-            db = g2.sum(0)
+            db = grad.sum(0)
         if need_a:
-            da = torch.mm(gB.t(), x2 if xl2 is None else xl2).mul_(s)
+            da = torch.mm(gB.t(), x if xl is None else xl).mul_(s)
         if need_bb:
-            dbb = torch.mm(g2.t(), h).mul_(s)
+            dbb = torch.mm(grad.t(), h).mul_(s)
         return dx, dxl, dw, db, da, dbb, None, None
+
+
+def fused_lora_linear(x, x_lora, weight, bias, lora_A, lora_B, scaling: float, transposed: bool) -> torch.Tensor:
+    """The fused node on inputs of any leading shape [..., in] -> [..., out]."""
+    n_in = lora_A.shape[1]
+    y = FusedLoRALinear.apply(x.reshape(-1, n_in), None if x_lora is None else x_lora.reshape(-1, n_in),
+                              weight, bias, lora_A, lora_B, scaling, transposed)
+    return y.view(*x.shape[:-1], y.shape[-1])
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -71,7 +78,8 @@ def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or getattr(module, "_backward_pre_hooks", None)
                 or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
-                or _module_hooks._global_backward_hooks)
+                or _module_hooks._global_backward_hooks
+                or getattr(_module_hooks, "_global_backward_pre_hooks", None))
 
 
 def fusable(base: nn.Module, x: torch.Tensor, lora_A: torch.Tensor) -> bool:

@@ -9,7 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from hpeft import peft
 from hpeft.peft.lora import LoRALinear
-from hpeft.peft.lora_fused import FusedLoRALinear, fusable
+from hpeft.peft.lora_fused import fusable, fused_lora_linear
 
 
 def lora_layer(base: nn.Module, dropout: float = 0.0, rank: int = 3) -> LoRALinear:
@@ -67,7 +67,7 @@ def test_fused_node_gradcheck(transposed, separate_lora_input):
     x_lora = torch.randn(3, 2, 6, **opts) if separate_lora_input else None
     weight = torch.randn(6, 4, **opts) if transposed else torch.randn(4, 6, **opts)
     bias, a, b = torch.randn(4, **opts), torch.randn(2, 6, **opts), torch.randn(4, 2, **opts)
-    assert torch.autograd.gradcheck(lambda *t: FusedLoRALinear.apply(*t, 0.7, transposed), (x, x_lora, weight, bias, a, b))
+    assert torch.autograd.gradcheck(lambda *t: fused_lora_linear(*t, 0.7, transposed), (x, x_lora, weight, bias, a, b))
 
 
 def test_model_level_equivalence_on_the_channel_transformer():
@@ -125,3 +125,16 @@ def test_merged_layer_does_not_add_the_update_twice():
         layer.merge()
         after = layer(x)
     torch.testing.assert_close(after, before, rtol=1e-12, atol=1e-12)
+
+
+def test_the_output_may_be_modified_in_place():
+    """Backbones apply ReLU(inplace=True) or `out += ...` to a linear's output; the unfused path allowed it."""
+    torch.manual_seed(4)
+    layer = lora_layer(nn.Linear(7, 5).double())
+    x = torch.randn(3, 2, 7, dtype=torch.float64, requires_grad=True)
+    ref = torch.relu(layer(x))
+    y = layer(x)
+    torch.relu_(y)
+    y.sum().backward()
+    torch.testing.assert_close(y, ref)
+    assert x.grad is not None and layer.lora_A.grad is not None
