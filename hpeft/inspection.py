@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpeft.peft.accounting import parameter_report
-from hpeft.peft.core import applied_specs
+from hpeft.peft.core import applied_specs, mixed_kinds, module_kind, pattern_matches, positions
 from hpeft.train.efficiency import measure_flops
 
 
@@ -23,9 +23,22 @@ def inspect_model(module) -> dict:
         "data_shape": list(module.data_shape),
         "hparams": module.variant_hparams(),
         "methods": [s.config() for s in applied_specs(module.model)],
+        "targets": target_report(module.model),
         "params": report,
         "flops": measure_flops(module),
     }
+
+
+def target_report(model) -> list[dict]:
+    """Per applied spec and pattern: the modules it matched, their kinds, and the mixed-kind warning if any."""
+    where, rows = positions(model), []
+    for spec in applied_specs(model):
+        for pattern, hits in pattern_matches(model, spec, where):
+            mixed = mixed_kinds(model, pattern, hits, where)
+            rows.append({"method": spec.name, "pattern": pattern, "modules": hits,
+                         "kinds": sorted({module_kind(model, h, where) for h in hits}),
+                         "warning": None if not mixed else f"matches modules of different kinds or widths: {sorted(mixed)}"})
+    return rows
 
 
 def print_inspection(info: dict, console: Console | None = None) -> None:
@@ -56,6 +69,15 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         for row in p["layers"]:
             layers.add_row(row["module"], row["method"], f"{row['params']:,}", f"{row['deployed']:,}")
         console.print(layers)
+    if info.get("targets"):
+        targets = Table(title="Target patterns")
+        for col in ("method", "pattern", "matched", "kinds"):
+            targets.add_column(col)
+        for row in info["targets"]:
+            shown = ", ".join(row["modules"][:6]) + (f", ... ({len(row['modules'])} in all)" if len(row["modules"]) > 6 else "")
+            kinds = ", ".join(row["kinds"]) + (f"\n[yellow]warning: {row['warning']}[/]" if row["warning"] else "")
+            targets.add_row(row["method"], row["pattern"], shown, kinds)
+        console.print(targets)
     print_pillar_tables(info.get("hparams") or {}, info["backbone"], console)
     f = info["flops"]
     console.print(f"FLOPs per sample: forward {f['forward_per_sample']:,}, train step {f['train_step_per_sample']:,}")

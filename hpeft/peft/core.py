@@ -13,6 +13,9 @@ pattern keeps meaning the same module after other methods wrapped it):
   "re:blocks\\.[01]\\..*"  a regular expression over the whole name
 A spec's `layers` (a list of layer indices) keeps only modules of those layers; a module's layer index
 is the first number in its name (`blocks.3.attn.q`, `transformer.h.3.attn`, `model.layers.3.mlp`).
+A glob's `*` crosses dots: `encoder.layer.*.output` also matches `encoder.layer.0.attention.output` on BERT.
+A wildcard pattern whose matches differ in type or width is therefore a warning that names them, and
+`hpeft inspect` lists every pattern with the modules it matched.
 
 Stacking. Several different methods may wrap one module (UniPELT puts LoRA and a prefix on `v`); the
 same method twice on one module is a clash. Wrappers nest by `level`, whatever the order they were
@@ -31,6 +34,7 @@ import fnmatch
 import inspect
 import itertools
 import re
+import warnings
 from typing import ClassVar
 
 import torch
@@ -216,17 +220,45 @@ def count_layers(model: nn.Module) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def resolve_targets(model: nn.Module, spec: MethodSpec, where: dict[str, str] | None = None) -> list[str]:
-    """Logical module names the spec's patterns select. Every pattern must select at least one module of a
-    type the method can wrap; otherwise the error names the pattern and lists what it could have matched."""
+def pattern_matches(model: nn.Module, spec: MethodSpec, where: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
+    """(pattern, the logical module names it selects) for each of the spec's patterns, in order: modules of a
+    type the method wraps, in the spec's layers. A pattern that selects nothing gets an empty list."""
     where = positions(model) if where is None else where
-    kinds = ", ".join(t.__name__ for t in spec.layer_types)
     candidates = [n for n, path in where.items() if isinstance(raw_module(model.get_submodule(path)), spec.layer_types)]
     if spec.layers is not None:
         candidates = [n for n in candidates if layer_index(n) in spec.layers]
+    return [(pattern, [n for n in candidates if match(pattern, n)]) for pattern in spec.targets]
+
+
+def module_kind(model: nn.Module, name: str, where: dict[str, str] | None = None) -> str:
+    """A module's type, with its widths for a linear layer: what a pattern's matches should share."""
+    base = raw_module(model.get_submodule((where or {}).get(name, name)))
+    if isinstance(base, LinearLike):
+        i, o = linear_dims(base)
+        return f"{type(base).__name__}({i}->{o})"
+    return type(base).__name__
+
+
+def mixed_kinds(model: nn.Module, pattern: str, hits: list[str], where: dict[str, str] | None = None) -> dict[str, list[str]] | None:
+    """For a wildcard pattern whose matches differ in type or width: kind -> the modules of that kind; else None.
+    A glob's `*` crosses dots (`encoder.layer.*.output` also matches `encoder.layer.0.attention.output` on BERT),
+    so such a mix is usually a pattern wider than meant. A bare `*` (BitFit's "everything") is meant to mix."""
+    if pattern == "*" or not (pattern.startswith("re:") or any(c in pattern for c in "*?[")):
+        return None
+    kinds: dict[str, list[str]] = {}
+    for h in hits:
+        kinds.setdefault(module_kind(model, h, where), []).append(h)
+    return kinds if len(kinds) > 1 else None
+
+
+def resolve_targets(model: nn.Module, spec: MethodSpec, where: dict[str, str] | None = None) -> list[str]:
+    """Logical module names the spec's patterns select. Every pattern must select at least one module of a
+    type the method can wrap; otherwise the error names the pattern and lists what it could have matched.
+    A wildcard pattern whose matches differ in kind or width is a warning naming them (see mixed_kinds)."""
+    where = positions(model) if where is None else where
+    kinds = ", ".join(t.__name__ for t in spec.layer_types)
     selected: list[str] = []
-    for pattern in spec.targets:
-        hits = [n for n in candidates if match(pattern, n)]
+    for pattern, hits in pattern_matches(model, spec, where):
         if not hits:
             named = [n for n in where if match(pattern, n)]
             if spec.layers is not None and any(layer_index(n) is not None for n in named):
@@ -234,8 +266,15 @@ def resolve_targets(model: nn.Module, spec: MethodSpec, where: dict[str, str] | 
             elif named:
                 why = f"it matches {named[:5]} but {spec.name} wraps only {kinds}"
             else:
+                candidates = [n for n, path in where.items() if isinstance(raw_module(model.get_submodule(path)), spec.layer_types)]
                 why = f"it matches no module; {spec.name} can target ({kinds}): {_abbreviate(candidates)}"
             raise ValueError(f"{spec.name} target pattern {pattern!r}: {why}")
+        mixed = mixed_kinds(model, pattern, hits, where)
+        if mixed:
+            groups = "; ".join(f"{k}: {_abbreviate(v, 4)}" for k, v in mixed.items())
+            warnings.warn(f"{spec.name} target pattern {pattern!r} matches modules of different kinds or widths ({groups}); "
+                          "narrow it (a glob's * crosses dots; 're:' patterns match whole names) if that is not meant",
+                          stacklevel=3)
         selected += [h for h in hits if h not in selected]
     return selected
 
