@@ -26,11 +26,15 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
+from hpeft.train.checkpoint_io import AtomicCheckpointIO
 from hpeft.train.efficiency import EfficiencyMeter
 from hpeft.train.model_summary import HpeftModelSummary
+from hpeft.train.exact_resume import StepCheckpoint
 from hpeft.train.run_record import RunRecorder
-from hpeft.utils.errors import fail
+from hpeft.utils.errors import fail, tidy_config_error
+from hpeft.utils.integrity import checkpoint_problem
 from hpeft.utils.wandb_mode import WANDB_MODES, resolve_wandb_mode
 
 
@@ -48,6 +52,20 @@ def latest_resumable_run(experiment_dir: Path, config_yaml: str) -> Path | None:
     candidates = sorted(experiment_dir.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
     matching = [c.parent.parent for c in candidates if same(c.parent.parent)]
     return matching[-1] if matching else None
+
+
+def newest_intact_checkpoint(folder: Path) -> Path | None:
+    """The newest last*.ckpt in `folder` that is whole (hpeft.utils.integrity), else the newest other whole
+    checkpoint (best, a stage's); each broken one passed over is named. last*.ckpt first: a best.ckpt written at
+    the same step's epoch end is newer but holds the loops' end-of-epoch state, not the step's."""
+    newest = lambda paths: sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)  # noqa: E731
+    lasts = newest(folder.glob("last*.ckpt"))
+    for path in lasts + newest(set(folder.glob("*.ckpt")) - set(lasts)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        print(f"hpeft: {path} is {problem}; trying the next newest checkpoint", file=sys.stderr)
+    return None
 
 
 def known_class_paths() -> dict[str, list[str]]:
@@ -100,6 +118,10 @@ class HpeftCLI(LightningCLI):
         parser.add_argument("--memory_model", type=bool, default=False,
                             help="On the CPU, also record the modelled training memory (weights + Adam state + a "
                                  "profiled step; hpeft/metrics/memory.py): about 1 s more per run. Studies set it.")
+        parser.add_argument("--checkpoint_every_n_steps", type=int | None, default=None,
+                            help="Also write checkpoints/last.ckpt every N optimizer steps (with the data position and "
+                                 "random state), so a run killed mid-epoch resumes exactly with --ckpt_path last. "
+                                 "Off by default (tiny runs); set it for long runs (e.g. 500 on a cluster).")
         parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
 
     # -- validation before anything is written -------------------------------------------------
@@ -108,6 +130,20 @@ class HpeftCLI(LightningCLI):
             raise ValueError(f"experiment={cfg.experiment!r} must be a folder name: letters, digits, '.', '_' and '-'")
         if cfg.wandb not in WANDB_MODES:
             raise ValueError(f"wandb={cfg.wandb!r}; valid modes: {list(WANDB_MODES)}")
+        every = cfg.get("checkpoint_every_n_steps")
+        if every is not None and (isinstance(every, bool) or every < 1):
+            raise ValueError(f"checkpoint_every_n_steps={every!r}; valid: a positive number of steps, or null for none")
+        if every is not None and cfg.get("trainer", {}).get("enable_checkpointing") is False:
+            raise ValueError(f"checkpoint_every_n_steps={every} needs checkpoints, but trainer.enable_checkpointing is false")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI torch.loads a ckpt_path file to read its hyperparameters: a broken one gets named here
+        # instead of failing inside the zip reader.
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and Path(path).is_file() and (problem := checkpoint_problem(path)):
+            fail(f"ckpt_path={path!r} is {problem}; give an intact checkpoint, or --ckpt_path last for the run's newest intact one")
+        super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
         cfg = self.config.get(str(self.subcommand), self.config)
@@ -118,7 +154,7 @@ class HpeftCLI(LightningCLI):
                 raise ValueError("nothing to train: give PEFT methods or set model.init_args.train_base: true")
         except (ValueError, FileNotFoundError) as err:
             # Bad configs end here, before any data is generated or any run directory is made.
-            fail(str(err))
+            fail(tidy_config_error(str(err)))
 
     # -- the run directory, logger and callbacks ---------------------------------------------------
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
@@ -131,6 +167,13 @@ class HpeftCLI(LightningCLI):
         if cfg.get("ckpt_path") == "last" and run_dir is None:
             print(f"hpeft: no run under {experiment_dir} with this model and data config left a last.ckpt; "
                   "starting a new run", file=sys.stderr)
+        if cfg.get("ckpt_path") == "last" and run_dir is not None:
+            checkpoint = newest_intact_checkpoint(run_dir / "checkpoints")
+            if checkpoint is None:
+                print(f"hpeft: no intact checkpoint left in {run_dir / 'checkpoints'}; starting a new run", file=sys.stderr)
+                run_dir = None
+            # The file itself, not "last": Lightning would take the newest last*.ckpt, intact or not.
+            self.config_init[self.subcommand]["ckpt_path"] = None if checkpoint is None else str(checkpoint)
         if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("HPEFT_RUN_ID"):
             # A DDP rank launched by rank 0 re-runs this CLI: it joins rank 0's run, not a new one.
             run_id = os.environ["HPEFT_RUN_ID"]
@@ -152,8 +195,10 @@ class HpeftCLI(LightningCLI):
             task = self.model.task
             callbacks.append(ModelCheckpoint(
                 dirpath=run_dir / "checkpoints", monitor=f"val/{task.metric}", mode="max" if task.higher_is_better else "min",
-                save_last=True, save_top_k=1, filename="best",
+                save_last=True, save_top_k=1, filename="best", enable_version_counter=False,
             ))
+        if cfg.get("checkpoint_every_n_steps") and self.subcommand == "fit":
+            callbacks.append(StepCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every_n_steps))
         if not any(isinstance(cb, ModelSummary) for cb in present) and config.get("enable_model_summary") is not False:
             callbacks.append(HpeftModelSummary(max_depth=1))
         if not any(isinstance(cb, ProgressBar) for cb in present) and config.get("enable_progress_bar") is not False:
@@ -166,6 +211,11 @@ class HpeftCLI(LightningCLI):
                 config={"run_id": run_id, "experiment": cfg.experiment, **json.loads(json.dumps(cfg.as_dict(), default=str))},
             )
         config["default_root_dir"] = str(run_dir)
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        strategy = config.get("strategy")  # a configured strategy object may carry its own checkpoint IO
+        if not any(isinstance(p, CheckpointIO) for p in plugins) and getattr(strategy, "_checkpoint_io", None) is None:
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:

@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hpeft.metrics.nmse import nmse_db
+from hpeft.utils.rng import preserved_rng
 
 from .cache import TensorCache, cache_key
 from .loaders import SplitLoaders, check_shuffle_seed
@@ -289,8 +290,15 @@ def generate(
     """Generate ``n`` samples of ``split`` for ``config`` (no cache involved; usable standalone).
 
     ``lmmse_cov``: (time, frequency) covariances from :func:`channel_covariances`; adds the "lmmse" tensor.
-    The split name only selects the random streams: any name works (e.g. "bench").
+    The split name only selects the random streams: any name works (e.g. "bench"). The caller's global random
+    generators are left as they were: importing Sionna reseeds torch's generator at random, and its `config.seed`
+    reseeds it on purpose, so without this a run's training draws would depend on whether its data was cached.
     """
+    with preserved_rng():
+        return _generate(config, split, n, lmmse_cov=lmmse_cov, progress=progress)
+
+
+def _generate(config, split, n, *, lmmse_cov, progress) -> dict[str, torch.Tensor]:
     from sionna.phy import config as sn_config
     from sionna.phy.channel import ApplyOFDMChannel, GenerateOFDMChannel
     from sionna.phy.nr import PUSCHLMMSEChannelEstimator, PUSCHLSChannelEstimator, PUSCHTransmitter

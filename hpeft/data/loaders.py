@@ -6,6 +6,7 @@ import os
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 SHUFFLE_SEEDS = "an integer, 'global' (the run's seed_everything) or null (derived from the data's seed)"
 
@@ -57,8 +58,16 @@ def split_loader(dataset: Dataset, *, train: bool, shuffle: bool, seed: int, bat
             sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     if sampler is None and shuffle:
         sampler = EpochShuffle(len(dataset), seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+    # The train split's loader is torchdata's StatefulDataLoader: Lightning saves its position (batches yielded
+    # in this epoch) in every checkpoint and restores it, so a run killed mid-epoch resumes at the next batch
+    # instead of restarting the epoch's data. The samplers above are functions of (seed, epoch), so the loader
+    # fast-forwarding through indices reproduces the uninterrupted order exactly.
+    loader = StatefulDataLoader if train else DataLoader
+    # A generator of the loader's own: each new iterator draws a seed for its workers, from the global generator
+    # otherwise, so how many iterators a run made (a resumed run skips the sanity check that made the persistent
+    # val iterator) would shift every later random draw (dropout, Gumbel noise) of the training.
+    return loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                  persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
 
 
 class SplitLoaders:

@@ -28,8 +28,11 @@ def load_base(model: nn.Module, config: BackboneConfig, grid_shape: tuple[int, i
             f"base checkpoint {path} does not exist; pretrain one first (e.g. `hpeft fit --config "
             f"configs/channel/pretrain.yaml`) or point base_checkpoint at an existing file"
         )
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors' own error types
+        raise ValueError(f"base checkpoint {path} is not a readable safetensors file ({err}); export it again") from None
     saved = {"backbone": meta.get("backbone"), "config": json.loads(meta.get("config", "null")),
              "grid_shape": json.loads(meta.get("grid_shape", "null"))}
     wanted = {"backbone": type(config).__name__, "config": config.as_dict(), "grid_shape": list(grid_shape)}

@@ -15,6 +15,7 @@ from torch import nn
 
 from hpeft.peft.core import PeftLayer, apply, applied_specs, peft_layers, set_submodule, spec_from_config
 from hpeft.utils.atomic import atomic_write, atomic_write_json
+from hpeft.utils.integrity import sha256
 
 FORMAT_VERSION = 1
 
@@ -58,6 +59,9 @@ def save(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
         **(extra or {}),
     }
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    # safetensors has no checksum of its data: the JSON carries one, checked on load (a flipped byte in a
+    # weight would otherwise load silently). Written second, so a half-done save never has a matching hash.
+    meta["sha256"] = sha256(path)
     atomic_write_json(_json_path(path), meta)
     return path
 
@@ -81,7 +85,13 @@ def load(model: nn.Module, path: str | Path) -> nn.Module:
         apply(model, [spec_from_config(c) for c in wanted])
     elif present != wanted:
         raise ValueError(f"adapter {path} was saved with methods {wanted}, but the model has {present}")
-    tensors = load_file(str(path))
+    if "sha256" in meta and sha256(path) != meta["sha256"]:  # adapters written before the hash have none
+        raise ValueError(f"adapter {path} is corrupt or truncated: its SHA-256 differs from the one {meta_path.name} "
+                         "recorded when it was saved; use another copy or train it again")
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors' own error types: a cut-short header or data
+        raise ValueError(f"adapter {path} is not a readable safetensors file ({err})") from None
     params = dict(model.named_parameters()) | method_buffers(model)
     missing = [n for n in tensors if n not in params]
     if missing:

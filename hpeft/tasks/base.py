@@ -160,6 +160,14 @@ class Hybrid(L.LightningModule):
         """Called before training starts (data loaded, optimizer not yet made): variants that size their
         methods from data (importance-based ranks) do it here."""
 
+    def configure_callbacks(self):
+        # Exact resumes (random state and data position, hpeft/train/exact_resume.py) under any Trainer, not
+        # only hpeft's CLI: the train loader is a StatefulDataLoader, whose end-of-epoch state Lightning alone
+        # would resume into an empty epoch.
+        from hpeft.train.exact_resume import ExactResume
+
+        return [ExactResume()]
+
     def on_before_optimizer_step(self, optimizer) -> None:
         # A method still frozen drops its gradients: AdamW then neither moves it nor builds moments for it,
         # so it starts fresh when its freeze ends, and its gradients do not count towards clipping.

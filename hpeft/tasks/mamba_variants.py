@@ -236,8 +236,8 @@ class MambaPillars(Preset):
         final, steps = self.flat["mask_temperature_final"], self.flat["mask_anneal_steps"]
         fitting = self._trainer is None or self._trainer.state.fn == TrainerFn.FITTING
         if not self.flat["mask"] or final is None or not fitting:  # (a test after fit keeps fit's instance)
-            return []
-        return [TemperatureAnneal(self.flat["mask_temperature"], final, steps, self.flat["mask_anneal_schedule"])]
+            return super().configure_callbacks()
+        return [*super().configure_callbacks(), TemperatureAnneal(self.flat["mask_temperature"], final, steps, self.flat["mask_anneal_schedule"])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.flat["hard_mask"] and gumbel_mask.mask_layers(self.model):

@@ -145,7 +145,7 @@ class Staged(Hybrid):
         }
 
     def configure_callbacks(self):
-        return [StageSchedule()]
+        return [*super().configure_callbacks(), StageSchedule()]
 
     # -- optimizer and schedule of the current stage ---------------------------------------------------
     def configure_optimizers(self):

@@ -206,3 +206,26 @@ def test_bad_settings_rejected(tmp_path, kwargs, words):
     for w in words:
         assert w in str(e.value), (w, str(e.value))
     assert not (tmp_path / "cache").exists()
+
+
+def test_generating_data_leaves_the_callers_random_state_alone(tmp_path):
+    """Importing Sionna and setting its seed reseed torch's generator: a cold cache must not change what the
+    run draws next (exact resume and seeded runs rely on it)."""
+    import random
+
+    import numpy as np
+
+    from tests.conftest import tiny_data
+
+    torch.manual_seed(11)
+    np.random.seed(11)
+    random.seed(11)
+    before = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(11)
+    np.random.seed(11)
+    random.seed(11)
+    dm = ChannelDataModule(**tiny_data(tmp_path / "cold")["init_args"])
+    dm.prepare_data()
+    assert dm.generated  # the cache was cold: samples were generated here
+    after = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(before[0], after[0]) and (before[1] == after[1]).all() and before[2] == after[2]
