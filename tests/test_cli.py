@@ -201,3 +201,16 @@ def test_predict_keeps_its_estimates_in_the_run(tmp_path, cache_dir):
     assert estimate.shape == (64, 2, 14, 24)  # num_test samples of the 2-PRB grid
     assert torch.isfinite(estimate).all() and estimate.abs().sum() > 0
     assert (run_dir / "summary.json").is_file()
+
+
+def test_cluster_config_without_its_local_files_names_the_missing_one(tmp_path):
+    """configs/mamba/lm130m_all.yaml names checkpoints/mamba-130m-hf for its tokenizer: without that folder the
+    error says where it looked, under the config key, instead of jsonargparse's namespace dump."""
+    from tests.conftest import REPO
+
+    result = run_hpeft(["inspect", "--config", str(REPO / "configs/mamba/lm130m_all.yaml")], tmp_path,
+                       env={"HF_HUB_OFFLINE": "1"})  # no hub here; offline, transformers fails at once
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "data: tokenizer='checkpoints/mamba-130m-hf' not found: no local folder" in result.stderr
+    assert "Namespace(" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data_cache").exists()

@@ -29,6 +29,10 @@ def data_command(argv: list[str]) -> None:
     console.print(json.dumps(dm.describe(), indent=2))
     for split in ("train", "val", "test"):
         console.print(f"{split}: cache entry {dm.cache_key(split)} under {dm.cache.root}")
+    # Two processes asking for one missing entry generate it once (the cache's per-entry lock): the other waits
+    # and reads it. This line says which this process did.
+    if hasattr(dm, "generated"):
+        console.print(f"generated here: {', '.join(dm.generated) if dm.generated else 'nothing (read from the cache)'}")
     if hasattr(dm, "baseline_nmse_db"):
         for name, value in dm.baseline_nmse_db("test").items():
             console.print(f"test baseline {name}: NMSE {value:.2f} dB")

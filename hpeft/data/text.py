@@ -679,5 +679,9 @@ def _load_tokenizer(name: str):
     try:
         return AutoTokenizer.from_pretrained(str(path) if looks_local else name)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        where = "local folder" if looks_local else "hub name"
-        raise ValueError(f"tokenizer={name!r} ({where}) could not be loaded: {e}; {valid}") from e
+        if looks_local:
+            raise ValueError(f"tokenizer={name!r} (local folder) could not be loaded: {e}; {valid}") from e
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # A cluster config's 'checkpoints/NAME' is also a valid hub id: say both places were looked in.
+        raise ValueError(f"tokenizer={name!r} not found: no local folder {path.resolve()}, and as a Hugging Face "
+                         f"hub name it could not be loaded ({reason}); {valid}") from e

@@ -110,6 +110,9 @@ class _Page:
 def dashboard_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="hpeft dashboard", description="Serve the report on 127.0.0.1, rebuilt as runs land.")
     _sources(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only); another one serves the "
+                             "page, with every run's names and metrics, to whoever reaches it")
     parser.add_argument("--port", type=int, default=8050)
     parser.add_argument("--refresh", type=int, default=30, help="seconds between the page's reloads (at least 1)")
     parser.add_argument("--optuna-port", type=int, default=None,
@@ -142,13 +145,16 @@ def dashboard_command(argv: list[str]) -> None:
         def log_message(self, *args):  # keep the terminal for our own lines
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    if args.host not in ("127.0.0.1", "localhost"):  # (the server is IPv4: ::1 would not bind)
+        print(f"hpeft dashboard: warning: --host {args.host} serves the dashboard beyond this machine, without "
+              "authentication; use an SSH tunnel to 127.0.0.1 where you can", file=sys.stderr, flush=True)
+    server = http.server.ThreadingHTTPServer((args.host, args.port), Handler)
     optuna = None
     if args.optuna_port is not None:
         exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
         optuna = subprocess.Popen([exe, args.storage, "--host", "127.0.0.1", "--port", str(args.optuna_port)])
         print(f"optuna-dashboard on http://127.0.0.1:{args.optuna_port}", flush=True)
-    print(f"hpeft dashboard on http://127.0.0.1:{server.server_address[1]} (Ctrl-C stops)", flush=True)
+    print(f"hpeft dashboard on http://{args.host}:{server.server_address[1]} (Ctrl-C stops)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a kill also stops optuna-dashboard (finally below)
     try:
         server.serve_forever()

@@ -101,6 +101,11 @@ def test_dashboard_serves_and_rebuilds_as_runs_land(tmp_path):
 
         status, _ = get(url + "/no-such-page")
         assert status == 404
+        secret = (runs.parent / "dashboard.log").resolve()  # a file beside the runs the server can read
+        for path in ("/../dashboard.log", "/%2e%2e/dashboard.log", "//" + str(secret).lstrip("/"),
+                     "/runs/" + next(runs.rglob("summary.json")).relative_to(runs).as_posix(), "/index.html/../../x"):
+            status, body = get(url + path)
+            assert status == 404 and "metrics" not in body and "hpeft dashboard on" not in body, path
         status, page = get(url + "/")  # still serving after the 404, same page without a rebuild
         assert status == 200 and run_count(page) == 6
 
@@ -144,3 +149,13 @@ def test_dashboard_starts_optuna_dashboard_for_the_study(tmp_path):
                     break
             time.sleep(0.5)
         assert status == 200 and "optuna" in page.lower()
+
+
+@pytest.mark.timeout(150)
+def test_dashboard_beyond_loopback_warns(tmp_path):
+    runs = write_runs(tmp_path / "runs", seed000_runs())
+    log = tmp_path / "dashboard.log"
+    with dashboard(runs, log, extra=["--host", "0.0.0.0"]) as url:
+        status, _ = get(url + "/")
+        assert status == 200
+    assert "warning: --host 0.0.0.0 serves the dashboard beyond this machine" in log.read_text()
