@@ -41,8 +41,8 @@ class ExactResume(L.Callback):
         fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
         states = fit_loop.get("state_dict", {}).get("combined_loader")
         if states:
-            ended = fit_loop["epoch_loop.batch_progress"].get("is_last_batch", False)  # saved at an epoch's end
-            completed = fit_loop["epoch_progress"]["current"]["completed"]
+            ended = fit_loop.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)  # saved at an epoch's end
+            completed = fit_loop.get("epoch_progress", {}).get("current", {}).get("completed", 0)
             self._data = {"states": states, "epoch": completed + 1 if ended else completed, "ended": ended}
 
     def on_train_start(self, trainer, pl_module) -> None:
