@@ -73,9 +73,12 @@ def _search(args: argparse.Namespace) -> None:
 
     open_study(config, url)  # created once here, before any worker starts (and reachable)
     if args.workers > 1:
-        from hpeft.search.workers import run_workers, worker_command
+        from hpeft.search.workers import can_fork, fork_workers, run_workers, worker_command
 
-        code = run_workers(worker_command(args.config, url, config.study, args.n_trials, args.timeout), args.workers)
+        if can_fork():
+            code = fork_workers(config, url, args.workers)
+        else:
+            code = run_workers(worker_command(args.config, url, config.study, args.n_trials, args.timeout), args.workers)
         if code != 0:
             print(f"hpeft search: a worker exited with status {code}", file=sys.stderr)
             raise SystemExit(1)
