@@ -180,10 +180,15 @@ class MethodSpec:
         return f"{type(self).__name__}({args})"
 
 
+def is_wildcard(pattern: str) -> bool:
+    """A regular expression or a glob (as opposed to a name suffix)."""
+    return pattern.startswith("re:") or any(c in pattern for c in "*?[")
+
+
 def match(pattern: str, name: str) -> bool:
     if pattern.startswith("re:"):
         return re.fullmatch(pattern[3:], name) is not None
-    if any(c in pattern for c in "*?["):
+    if is_wildcard(pattern):
         return fnmatch.fnmatchcase(name, pattern)
     return name == pattern or name.endswith("." + pattern)
 
@@ -243,7 +248,7 @@ def mixed_kinds(model: nn.Module, pattern: str, hits: list[str], where: dict[str
     """For a wildcard pattern whose matches differ in type or width: kind -> the modules of that kind; else None.
     A glob's `*` crosses dots (`encoder.layer.*.output` also matches `encoder.layer.0.attention.output` on BERT),
     so such a mix is usually a pattern wider than meant. A bare `*` (BitFit's "everything") is meant to mix."""
-    if pattern == "*" or not (pattern.startswith("re:") or any(c in pattern for c in "*?[")):
+    if pattern == "*" or not is_wildcard(pattern):
         return None
     kinds: dict[str, list[str]] = {}
     for h in hits:

@@ -20,13 +20,27 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# Results by (path, size, mtime): a resume checks last.ckpt when choosing it and again when Lightning loads it;
+# the second time must not read a multi-GB file once more.
+_checked: dict[tuple[str, int, int], str | None] = {}
+
+
 def checkpoint_problem(path: str | Path) -> str | None:
-    """None if `path` is an intact torch checkpoint (or one this cannot check: torch's legacy non-zip format, or a
-    zip saved with CRC-32s off, torch.serialization.set_crc32_options(False)); else what is wrong, in words.
-    Reads the whole file once (the CRCs); torch.load reads it again, mostly from the page cache."""
+    """See _checkpoint_problem; a file unchanged since its last check is not read again."""
     path = Path(path)
     if not path.is_file():
         return "not found"
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _checked:
+        _checked[key] = _checkpoint_problem(path)
+    return _checked[key]
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """None if `path` is an intact torch checkpoint (or one this cannot check: torch's legacy non-zip format, or a
+    zip saved with CRC-32s off, torch.serialization.set_crc32_options(False)); else what is wrong, in words.
+    Reads the whole file once (the CRCs); torch.load reads it again, mostly from the page cache."""
     if path.stat().st_size == 0:
         return "empty (0 bytes)"
     if not zipfile.is_zipfile(path):
