@@ -14,15 +14,15 @@ that train or build a model.
 from __future__ import annotations
 
 import json
-import os
+import math
 import re
-import secrets
 import sys
-import time
 from pathlib import Path
 
 import lightning.pytorch as L
 import yaml
+from jsonargparse._common import debug_mode_active  # the check jsonargparse's own error() makes
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
@@ -32,14 +32,13 @@ from hpeft.train.checkpoint_io import AtomicCheckpointIO
 from hpeft.train.efficiency import EfficiencyMeter
 from hpeft.train.model_summary import HpeftModelSummary
 from hpeft.train.exact_resume import StepCheckpoint
+from hpeft.train.run_id import run_id_for
 from hpeft.train.run_record import RunRecorder
-from hpeft.utils.errors import fail, tidy_config_error
+from hpeft.utils.atomic import remove_temporaries
+from hpeft.utils.config_errors import tidy_config_error, tidy_parse_error
+from hpeft.utils.errors import fail
 from hpeft.utils.integrity import checkpoint_problem
 from hpeft.utils.wandb_mode import WANDB_MODES, resolve_wandb_mode
-
-
-def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 def latest_resumable_run(experiment_dir: Path, config_yaml: str) -> Path | None:
@@ -68,6 +67,24 @@ def newest_intact_checkpoint(folder: Path) -> Path | None:
     return None
 
 
+# Lightning accepts some negative counts silently (log_every_n_steps=-5 logs never) and reads -1 as "no limit" where
+# a limit is optional; the smallest value each Trainer count or fraction takes.
+TRAINER_LOWEST = {"max_epochs": -1, "max_steps": -1, "num_sanity_val_steps": -1, "min_epochs": 0, "min_steps": 0,
+                  "log_every_n_steps": 1, "accumulate_grad_batches": 1, "check_val_every_n_epoch": 1, "num_nodes": 1,
+                  "limit_train_batches": 0, "limit_val_batches": 0, "limit_test_batches": 0, "limit_predict_batches": 0,
+                  "overfit_batches": 0, "val_check_interval": 0, "gradient_clip_val": 0,
+                  "reload_dataloaders_every_n_epochs": 0}
+
+
+def non_finite_values(tree, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every NaN or infinite float in a config: no hpeft or Lightning option takes one."""
+    if isinstance(tree, dict):
+        return [hit for k, v in tree.items() for hit in non_finite_values(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(tree, list | tuple):
+        return [hit for i, v in enumerate(tree) for hit in non_finite_values(v, f"{prefix}[{i}]")]
+    return [(prefix, tree)] if isinstance(tree, float) and not math.isfinite(tree) else []
+
+
 def known_class_paths() -> dict[str, list[str]]:
     """What a config may name by class_path, by role (listed when a config names something else)."""
     from hpeft import _LAZY
@@ -83,13 +100,17 @@ def known_class_paths() -> dict[str, list[str]]:
 
 
 class HpeftArgumentParser(LightningArgumentParser):
-    """Lightning's parser; a bad class_path also gets the list of valid ones (jsonargparse names only the bad one)."""
+    """Lightning's parser, reporting a bad config as one line that names the key and the value (no usage dump);
+    a bad class_path also gets the list of valid ones (jsonargparse names only the bad one)."""
 
     def error(self, message: str, ex: Exception | None = None):
-        if "class_path" in message:
+        if not self.exit_on_error or debug_mode_active():  # jsonargparse trying a Union member: not final
+            return super().error(message, ex)
+        text = tidy_parse_error(message)
+        if re.search(r"class_path|[Ii]mport|not a subclass", text):
             known = "; ".join(f"{role}: {', '.join(paths)}" for role, paths in known_class_paths().items())
-            message = f"{message}\nvalid class paths: {known}"
-        return super().error(message, ex)
+            text = f"{text}; valid class paths: {known}"
+        fail(f"{text} (`hpeft {self.prog.split()[-1] if self.prog else 'fit'} --help` lists every option)")
 
 
 class HpeftCLI(LightningCLI):
@@ -122,14 +143,31 @@ class HpeftCLI(LightningCLI):
                             help="Also write checkpoints/last.ckpt every N optimizer steps (with the data position and "
                                  "random state), so a run killed mid-epoch resumes exactly with --ckpt_path last. "
                                  "Off by default (tiny runs); set it for long runs (e.g. 500 on a cluster).")
+        parser.add_argument("--dry_run", type=bool, default=False,
+                            help="Check the config and stop: build the model, the data module and the trainer, check "
+                                 "every file the config names, then exit without generating data or writing anything.")
         parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
 
     # -- validation before anything is written -------------------------------------------------
+    def _set_seed(self) -> None:
+        # Lightning's seed_everything raises a bare ValueError for an out-of-range seed, and only after parsing.
+        seed = self._get(self.config, "seed_everything")
+        if not isinstance(seed, bool) and (not isinstance(seed, int) or not 0 <= seed < 2**32):
+            fail(f"seed_everything={seed!r}; valid: an integer in [0, {2**32 - 1}], true (a random seed) or false (none)")
+        super()._set_seed()
+
     def _check_run_args(self, cfg) -> None:
+        if bad := non_finite_values(cfg.as_dict()):
+            raise ValueError(f"{bad[0][0]}={bad[0][1]!r} is not a finite number; give a real value")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.experiment or ""):
             raise ValueError(f"experiment={cfg.experiment!r} must be a folder name: letters, digits, '.', '_' and '-'")
         if cfg.wandb not in WANDB_MODES:
             raise ValueError(f"wandb={cfg.wandb!r}; valid modes: {list(WANDB_MODES)}")
+        for key, value in (cfg.get("trainer") or {}).items():
+            lowest = TRAINER_LOWEST.get(key)
+            if lowest is not None and isinstance(value, int | float) and not isinstance(value, bool) and value < lowest:
+                raise ValueError(f"trainer.{key}={value!r}; valid: {lowest} or more"
+                                 + (" (-1: no limit)" if lowest == -1 else ""))
         every = cfg.get("checkpoint_every_n_steps")
         if every is not None and (isinstance(every, bool) or every < 1):
             raise ValueError(f"checkpoint_every_n_steps={every!r}; valid: a positive number of steps, or null for none")
@@ -167,6 +205,9 @@ class HpeftCLI(LightningCLI):
         if cfg.get("ckpt_path") == "last" and run_dir is None:
             print(f"hpeft: no run under {experiment_dir} with this model and data config left a last.ckpt; "
                   "starting a new run", file=sys.stderr)
+        if cfg.get("ckpt_path") == "last" and run_dir is not None and not cfg.get("dry_run"):
+            # The run being resumed is this process's alone now: a write its killed process left half-done goes.
+            remove_temporaries(run_dir / "checkpoints")
         if cfg.get("ckpt_path") == "last" and run_dir is not None:
             checkpoint = newest_intact_checkpoint(run_dir / "checkpoints")
             if checkpoint is None:
@@ -174,12 +215,7 @@ class HpeftCLI(LightningCLI):
                 run_dir = None
             # The file itself, not "last": Lightning would take the newest last*.ckpt, intact or not.
             self.config_init[self.subcommand]["ckpt_path"] = None if checkpoint is None else str(checkpoint)
-        if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("HPEFT_RUN_ID"):
-            # A DDP rank launched by rank 0 re-runs this CLI: it joins rank 0's run, not a new one.
-            run_id = os.environ["HPEFT_RUN_ID"]
-        else:
-            run_id = run_dir.name if run_dir else new_run_id()
-            os.environ["HPEFT_RUN_ID"] = run_id  # inherited by the DDP ranks this process launches
+        run_id = run_id_for(run_dir.name if run_dir else None)
         run_dir = experiment_dir / run_id
         self.run_dir = run_dir
 
@@ -216,7 +252,25 @@ class HpeftCLI(LightningCLI):
         strategy = config.get("strategy")  # a configured strategy object may carry its own checkpoint IO
         if not any(isinstance(p, CheckpointIO) for p in plugins) and getattr(strategy, "_checkpoint_io", None) is None:
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
+        try:
+            trainer = super()._instantiate_trainer(config, callbacks)
+            # Lightning compares a SLURM allocation with num_nodes x devices only when it launches, after the run
+            # directory exists; the same check, here, refuses it before anything is written.
+            if (environment := getattr(trainer.strategy, "cluster_environment", None)) is not None:
+                environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+            return trainer
+        except (MisconfigurationException, ValueError, TypeError) as err:
+            # Lightning checks accelerator, devices, precision and intervals when the Trainer is built (nothing is
+            # written yet); its exceptions name the value but not the key.
+            fail(f"trainer: {err}")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        cfg = self.config.get(str(subcommand), self.config)
+        if cfg.get("dry_run"):
+            print(f"hpeft: {subcommand} config is valid: {type(self.model).__name__} on "
+                  f"{type(self.datamodule).__name__}; the run would write to {self.run_dir} (dry run: nothing written)")
+            return
+        super()._run_subcommand(subcommand)
 
     def after_fit(self) -> None:
         cfg = self.config.get(str(self.subcommand), self.config)

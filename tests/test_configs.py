@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpeft.inspection import inspect_command
+from tests.config_standins import with_standins
 from tests.conftest import REPO
 from tests.models.test_channel_transformer import expected_params
 
@@ -15,41 +16,6 @@ CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 # Ensemble configs combine finished runs; tests/tasks/test_ensemble.py runs the tiny one on runs it makes.
 ENSEMBLES = [c for c in CONFIGS if "hpeft.Ensemble" in c.read_text()]
 BUILT = [c for c in CONFIGS if c not in ENSEMBLES]
-# Cluster configs that name a hub model and hub data are built with a tiny random model of the same family
-# and local text instead (no hub here); everything else in them (stages, methods, trainer) is checked as is.
-HUB_STANDINS = {
-    "google/gemma-3-1b-it": {
-        "backbone": {"config": {"model_type": "gemma3_text", "num_hidden_layers": 2, "hidden_size": 256,
-                                "intermediate_size": 512, "num_attention_heads": 2, "num_key_value_heads": 1,
-                                "head_dim": 128, "vocab_size": 256, "max_position_embeddings": 1024,
-                                "sliding_window": 64}},
-        "data": {"files": [str(REPO / "README.md")], "tokenizer": "byte", "seq_len": 128},
-    },
-    # MambaConfig's `pretrained` folder of the mamba-130m-hf checkpoint (and its tokenizer): a tiny random Mamba.
-    "checkpoints/mamba-130m-hf": {
-        "backbone": {"pretrained": None, "d_model": 32, "layers": 2, "dt_rank": 8, "vocab_size": None},
-        "data": {"files": [str(REPO / "README.md")], "tokenizer": "byte", "seq_len": 128},
-    },
-}
-
-
-def with_standins(config: Path, folder: Path) -> Path:
-    import yaml
-
-    cfg = yaml.safe_load(config.read_text())
-    backbone = cfg["model"]["init_args"].get("backbone", {}).get("init_args", {})
-    standin = HUB_STANDINS.get(backbone.get("model") or backbone.get("pretrained"))
-    if standin is None:
-        return config
-    backbone.pop("model", None)
-    backbone.update(standin["backbone"])
-    data = cfg["data"]["init_args"]
-    for key in ("dataset", "dataset_config", "data_files"):
-        data.pop(key, None)
-    data.update(standin["data"])
-    out = folder / config.name
-    out.write_text(yaml.safe_dump(cfg))
-    return out
 
 
 def lora_params(layers, d_model, d_ff, rank):

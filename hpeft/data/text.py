@@ -84,7 +84,7 @@ def _check_files_exist(name: str, paths: Iterable[str]) -> None:
     for p in paths:
         path = Path(p).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"{name}: file {p!r} does not exist (resolved to {path.resolve()})")
+            raise FileNotFoundError(f"{name}: file {p!r} not found (resolved to {path.resolve()})")
         if not path.is_file():
             raise ValueError(f"{name}: {p!r} is not a regular file; give UTF-8 text files")
 
@@ -671,7 +671,7 @@ def _load_tokenizer(name: str):
             "tokenizer_config.json), or a Hugging Face hub name such as 'gpt2'"
     if looks_local:
         if not path.exists():
-            raise FileNotFoundError(f"tokenizer={name!r}: no such file or folder ({path.resolve()}); {valid}")
+            raise FileNotFoundError(f"tokenizer={name!r} not found: no such file or folder ({path.resolve()}); {valid}")
         if not path.is_dir():
             raise ValueError(f"tokenizer={name!r} is a file, not a tokenizer folder; {valid}")
     from transformers import AutoTokenizer

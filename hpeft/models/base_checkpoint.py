@@ -25,7 +25,7 @@ def load_base(model: nn.Module, config: BackboneConfig, grid_shape: tuple[int, i
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"base checkpoint {path} does not exist; pretrain one first (e.g. `hpeft fit --config "
+            f"base_checkpoint={str(path)!r} not found; pretrain one first (e.g. `hpeft fit --config "
             f"configs/channel/pretrain.yaml`) or point base_checkpoint at an existing file"
         )
     try:

@@ -191,6 +191,9 @@ def load_transformers_checkpoint(model: MambaLM, path: str | Path) -> None:
     from safetensors.torch import load_file
 
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pretrained={str(path)!r} not found (resolved to {path.resolve()}); give a transformers "
+                                f"Mamba checkpoint folder, e.g. a local copy of state-spaces/mamba-130m-hf")
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"pretrained={str(path)!r}: no .safetensors file there (a transformers Mamba checkpoint "

@@ -4,6 +4,7 @@ writer is killed; and after return the rename survives a crash."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -36,6 +37,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
     fsync_path(path.parent)
     return path
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, OOM) left in `folder`: atomic_write's
+    `.NAME.*.tmp`. Call it only where no other process writes, e.g. in a run directory being resumed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -70,6 +70,8 @@ def kill_and_resume(tmp_path, cache_dir, model: dict, experiment: str, step: int
     killed = fit(tmp_path, config(cache_dir, model, experiment, killer, like), f"{experiment}_killed")
     assert killed.returncode == -9, f"not killed at step {step}/{hook}: rc {killed.returncode}\n{killed.stderr[-2000:]}"
     (last,) = list((tmp_path / "runs" / experiment).glob("*/checkpoints/last.ckpt"))
+    # What a SIGKILL during a checkpoint write leaves (hpeft.utils.atomic's temporary): the resume clears it.
+    (last.parent / ".last.ckpt.k1ll3d.tmp").write_bytes(b"PK\x03\x04 cut short")
     if edit is not None:
         state = torch.load(last, map_location="cpu", weights_only=True)
         edit(state)
@@ -77,6 +79,7 @@ def kill_and_resume(tmp_path, cache_dir, model: dict, experiment: str, step: int
     resumed = fit(tmp_path, config(cache_dir, model, experiment, like=like), f"{experiment}_resumed", "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(list((tmp_path / "runs" / experiment).iterdir())) == 1  # resumed in the killed run's dir
+    assert not list(last.parent.glob(".*.tmp")), "a killed write's temporary file is still there"
     return final_state(tmp_path / "runs", experiment)
 
 
