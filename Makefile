@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 LOCK   ?= requirements/lock.txt
 CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
 
-.PHONY: setup quickstart test bench lock studies clean
+.PHONY: setup quickstart test test-slow test-all bench lock studies clean
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,15 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 quickstart: setup
 	$(BIN)/python -m hpeft.quickstart
 
+# The default run leaves out tests marked slow (whole trainings, SIGKILL resumes, multi-process runs) to stay
+# lean; CI (.ci/run) runs both halves, `make test-all` runs everything in one go.
 test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -39,6 +39,7 @@ def test_fit_with_test_writes_the_run_record(tmp_path, cache_dir):
     assert list((run_dir / "wandb").glob("offline-run-*"))
 
 
+@pytest.mark.slow
 def test_resolved_config_reruns_and_runs_never_clash(tmp_path, cache_dir):
     cfg = write_config(tmp_path / "c.yaml", tiny_config(cache_dir, trainer={"max_epochs": 1, "enable_progress_bar": False}))
     assert run_hpeft(["fit", "--config", str(cfg)], tmp_path).returncode == 0
@@ -48,6 +49,7 @@ def test_resolved_config_reruns_and_runs_never_clash(tmp_path, cache_dir):
     assert len(list((tmp_path / "runs" / "t").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_killed_fit_resumes_from_last_checkpoint(tmp_path, cache_dir):
     import subprocess
     import sys
@@ -139,6 +141,7 @@ def test_print_config(tmp_path, cache_dir):
     assert printed["model"]["init_args"]["backbone"]["init_args"]["d_model"] == 32
 
 
+@pytest.mark.slow
 def test_pretrained_base_is_exported_and_loaded_for_transfer(tmp_path, cache_dir):
     base = tmp_path / "base.safetensors"
     pre = tiny_config(cache_dir, model={"class_path": "hpeft.Pretrain",
@@ -175,6 +178,7 @@ def test_callbacks_from_the_config_replace_the_defaults(tmp_path, cache_dir):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_resume_picks_the_run_with_the_same_config(tmp_path, cache_dir):
     def config(rank):
         model = {"class_path": "hpeft.LoRAOnly", "init_args": {"lora_rank": rank, "backbone": TINY_BACKBONE}}

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import run_hpeft, summaries, tiny_config, tiny_data, write_config
 
 
@@ -26,6 +28,7 @@ def test_two_data_commands_on_a_cold_cache_generate_each_split_once(tmp_path):
     assert len(entries) == 3
 
 
+@pytest.mark.slow
 def test_two_fits_of_one_experiment_at_once_get_their_own_run_dirs(tmp_path, cache_dir):
     run_hpeft(["data", "--config", str(write_config(tmp_path / "warm.yaml", tiny_config(cache_dir)))], tmp_path)
     configs = [write_config(tmp_path / f"c{i}.yaml", tiny_config(cache_dir, seed_everything=i)) for i in range(2)]

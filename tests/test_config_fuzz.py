@@ -10,8 +10,10 @@ HPEFT_FUZZ=all checks every one (about 6,000 cases, 20-30 minutes), HPEFT_FUZZ_S
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,15 @@ def sample(config: Path, all_mutations: list) -> list:
     return random.Random(f"{SEED}:{_name(config)}").sample(all_mutations, min(SAMPLE, len(all_mutations)))
 
 
+def rebind_log_handlers() -> None:
+    """Lightning's loggers got a StreamHandler on whatever sys.stderr was when Lightning was first imported, which
+    in-process is an earlier test's capture, closed since: point them at this test's stderr."""
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr  # setStream would flush the closed one
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
@@ -114,6 +125,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=_name)
 def test_mutated_config_is_refused_with_one_line(config: Path, workdir: Path, bases: Path, capsys):
+    rebind_log_handlers()
     cfg = baseline(config, workdir, bases)
     if "hpeft.Ensemble" in config.read_text():
         pytest.skip("Ensemble configs combine finished runs: tests/tasks/test_ensemble.py checks their bad input")

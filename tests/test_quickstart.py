@@ -4,9 +4,12 @@ commands, each leaves a run record, and the table reads them back beside the LS 
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import TINY_BACKBONE, summaries, tiny_config, tiny_data, write_config
 
 
+@pytest.mark.slow
 def test_quickstart_runs_its_steps_and_prints_the_table(tmp_path, cache_dir):
     configs = tmp_path / "configs"
     configs.mkdir()

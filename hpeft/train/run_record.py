@@ -149,6 +149,7 @@ class RunRecorder(L.Callback):
             "seed": self.seed,
             "stage": trainer.state.fn.value if trainer.state.fn else None,
             "world_size": trainer.world_size,
+            "precision": str(trainer.precision),
             "versions": versions(),
             "git": git_commit(),
             **self.extra,

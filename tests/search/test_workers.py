@@ -93,6 +93,7 @@ def _worker(cfg: Path, url: str, cwd: Path, index: int) -> subprocess.Popen:
                             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_fails_by_heartbeat_is_retried_and_the_search_completes(tmp_path, cache_dir, postgres_url, pg_study):
     base = tiny_run_config(tmp_path / "run.yaml", cache_dir, max_epochs=4)  # trials long enough to kill one mid-way
     cfg = search_config(tmp_path / "search.yaml", base, study=pg_study, n_trials=2)

@@ -10,6 +10,7 @@ import sys
 import time
 
 import optuna
+import pytest
 
 from hpeft.cli import main
 from tests.study.test_spec import study_file
@@ -23,6 +24,7 @@ def complete(db) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_with_only_the_missing_runs(tmp_path, cache_dir):
     path = study_file(tmp_path, cache_dir)
     doc = path.read_text().replace("seeds: 2", "seeds: 3")

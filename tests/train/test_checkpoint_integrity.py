@@ -41,6 +41,7 @@ def test_checkpoint_io_round_trip_and_broken_files_are_named(tmp_path):
     assert checkpoint_problem(path) == "empty (0 bytes)"
 
 
+@pytest.mark.slow
 def test_resume_skips_a_truncated_last_ckpt_and_an_explicit_broken_path_is_refused(tmp_path, cache_dir):
     cfg = write_config(tmp_path / "c.yaml", tiny_config(cache_dir))
     first = run_hpeft(["fit", "--config", str(cfg)], tmp_path)

@@ -109,6 +109,7 @@ def _case(tmp_path, cache_dir, name: str, kills: int, draw: str = "", extra: tup
     return model, reference
 
 
+@pytest.mark.slow
 def test_lora_killed_anywhere_resumes_to_the_uninterrupted_weights_and_the_controls_differ(tmp_path, cache_dir):
     # + the first batch after epoch 0's end checkpoint: the next epoch must start afresh, in its own order
     model, reference = _case(tmp_path, cache_dir, "lora", kills=2, extra=((8, "on_train_batch_start"),))
@@ -126,11 +127,13 @@ def test_lora_killed_anywhere_resumes_to_the_uninterrupted_weights_and_the_contr
         assert any(not torch.equal(got["state_dict"][k], v) for k, v in reference["state_dict"].items()), control
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mamba", "staged"])
 def test_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path, cache_dir, name):
     _case(tmp_path, cache_dir, name, kills=1)
 
 
+@pytest.mark.slow
 def test_cluster_like_runs_resume_exactly(tmp_path, cache_dir):
     """max_steps instead of max_epochs, two loader workers, validation mid-epoch: kills in epoch 1's middle,
     in a mid-epoch validation and at epoch 1's first batch."""

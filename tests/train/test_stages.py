@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_stage_2_base_weights_stay_equal_across_ddp_ranks(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, str(REPO / "tests/train/ddp_staged_run.py"), str(tmp_path)], env=env,
