@@ -107,7 +107,8 @@ class HpeftArgumentParser(LightningArgumentParser):
         if not self.exit_on_error or debug_mode_active():  # jsonargparse trying a Union member: not final
             return super().error(message, ex)
         text = tidy_parse_error(message)
-        if re.search(r"class_path|[Ii]mport|not a subclass", text):
+        if not text.startswith("unrecognized") and re.search(
+                r"class_path|[Ii]mport|not a subclass|no attribute|No module named", text):
             known = "; ".join(f"{role}: {', '.join(paths)}" for role, paths in known_class_paths().items())
             text = f"{text}; valid class paths: {known}"
         fail(f"{text} (`hpeft {self.prog.split()[-1] if self.prog else 'fit'} --help` lists every option)")

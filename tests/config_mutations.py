@@ -59,8 +59,14 @@ class Mutation:
         """The mutated config and the command-line overrides that go with it."""
         cfg = copy.deepcopy(config)
         if self.via_cli:
-            key = ".".join(str(p) for p in self.path)
-            return cfg, [f"--{key}", yaml.safe_dump(self.value, default_flow_style=True).strip().removesuffix("\n...")]
+            *parents, last = self.path
+            key = ".".join(str(p) for p in [*parents, self.rename or last])
+            value = self.value
+            if self.rename is not None:  # a misspelt key on the command line carries the file's value
+                value = cfg
+                for p in self.path:
+                    value = value[p]
+            return cfg, [f"--{key}", yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")]
         *parents, last = self.path
         node = cfg
         for p in parents:
@@ -93,9 +99,13 @@ def _leaf(path: tuple, value: Any) -> list[Mutation]:
 
     out: list[Mutation] = []
     if key == "class_path":
-        return [m("bad_class_path", "hpeft.NoSuchThing")]
+        other_role = "hpeft.LoRAOnly" if path[0] == "data" else "hpeft.ChannelDataModule"
+        return [m("bad_class_path", "hpeft.NoSuchThing"), m("bad_class_path", "lora only"),
+                m("bad_class_path", other_role)]  # a class that exists, in the wrong place
+    if not isinstance(value, list | str):
+        out.append(m("wrong_type", {"bad": 1}))  # a mapping where a number or flag belongs
     if isinstance(value, bool):
-        return [m("wrong_type", "maybe"), m("wrong_type", [value])]
+        return [*out, m("wrong_type", "maybe"), m("wrong_type", [value])]
     if isinstance(value, int):
         out += [m("wrong_type", "many"), m("wrong_type", value + 0.5), m("wrong_type", [value])]
         if value > 0 and key not in NEGATIVE_OK:
@@ -120,7 +130,11 @@ def _leaf(path: tuple, value: Any) -> list[Mutation]:
             out.append(m("empty_list", []))
         out.append(m("wrong_type", 7))
         if key in PATH_KEYS:
-            out.append(m("missing_file", [MISSING_PATH], MISSING_PATH, expect=("not found",)))
+            out.append(m("missing_file", [MISSING_PATH, *value[1:]], MISSING_PATH, expect=("not found",)))
+        for i, item in enumerate(value):  # one item of the wrong type, the others kept
+            if isinstance(item, str | int | float) and not isinstance(item, bool):
+                wrong = {"bad": 1} if isinstance(item, str) else "many"
+                out.append(Mutation("wrong_type", (*path, i), wrong, (key, _value_text(wrong))))
         if key.endswith("targets") or key == "train_base" and value and all(isinstance(v, str) for v in value):
             out.append(m("bad_target", ["no_such_module"], "no_such_module"))
         return out
@@ -165,8 +179,8 @@ def mutations(config: dict) -> list[Mutation]:
     for top in ("model", "data"):
         if top in config:
             out.append(Mutation("missing_required", (top,), DELETE, (top,)))
-    # The command-line form of every single-value change that a --key override can reach (no list items).
-    out += [Mutation(m.kind, m.path, m.value, m.names, via_cli=True, expect=m.expect) for m in list(out)
-            if m.value is not DELETE and m.rename is None and m.kind != "unknown_key"
-            and not any(isinstance(p, int) for p in m.path)]
+    # The command-line form of every change that a --key override can reach (no list items, no deletions; a
+    # misspelt key is renamed in place).
+    out += [Mutation(m.kind, m.path, m.value, m.names, rename=m.rename, via_cli=True, expect=m.expect)
+            for m in list(out) if m.value is not DELETE and not any(isinstance(p, int) for p in m.path)]
     return out

@@ -1,6 +1,6 @@
 """The config fuzzer: every shipped config, mutated in >= 100 ways (tests/config_mutations.py), must be refused by
 `hpeft fit` with exit status 2 and one line that names the bad key or value: no traceback, no run directory,
-no data generated. The unmutated config must pass the same `hpeft fit --dry_run true` check, so each refusal is
+no data generated. The unmutated config must pass the same `hpeft fit --dry_run true` check (`hpeft test` for Ensemble configs), so each refusal is
 the mutation's doing.
 
 Runs in-process (`hpeft.cli.main`, the console script's own function): a subprocess per case would spend
@@ -51,24 +51,46 @@ def write_base(cfg: dict, path: Path, workdir: Path) -> None:
     save_base(module.model, module.backbone_config, module.data_shape, path)
 
 
-def baseline(config: Path, workdir: Path, bases: Path) -> dict:
-    """The shipped config with hub names swapped for tiny stand-ins and its base checkpoint made here."""
+@pytest.fixture(scope="module")
+def ensemble_members(tmp_path_factory) -> list[Path]:
+    """Two finished tiny runs (QLoRA, GaLore) for the Ensemble configs to combine, as tests/tasks/test_ensemble.py."""
+    folder = tmp_path_factory.mktemp("members")
+    for name in ("tiny_qlora", "tiny_galore"):
+        main(["fit", "--config", str(REPO / f"configs/llm/{name}.yaml"), "--runs_dir", str(folder / "runs"),
+              "--data.init_args.files", f"[{REPO / 'README.md'}]", "--data.init_args.cache_dir", str(folder / "cache"),
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+              "--wandb", "disabled", "--trainer.enable_progress_bar", "false"])
+    return [next((folder / "runs" / name.replace("_", "-")).iterdir()) for name in ("tiny_qlora", "tiny_galore")]
+
+
+def baseline(config: Path, workdir: Path, bases: Path, members: list[Path] | None = None) -> dict:
+    """The shipped config with hub names swapped for tiny stand-ins, its base checkpoint made here and an
+    Ensemble's members replaced by finished tiny runs (with the tiny ensemble's local text)."""
     cfg = standin_config(yaml.safe_load(config.read_text()))
     init = cfg["model"]["init_args"]
+    if members is not None:
+        init["members"] = [str(m) for m in members]
+        cfg["data"] = yaml.safe_load((REPO / "configs/llm/tiny_ensemble.yaml").read_text())["data"]
     if init.get("base_checkpoint"):
-        base = bases / f"{config.stem}.safetensors"
+        base = bases / f"{_name(config).replace('/', '-')}.safetensors"
         if not base.is_file():
             write_base(cfg, base, workdir)
         init["base_checkpoint"] = str(base)
     return cfg
 
 
-def check(cfg: dict, overrides: list[str], workdir: Path, capsys) -> tuple[int, str]:
-    """`hpeft fit --dry_run true` on the config: (exit status, stderr and stdout)."""
+def command(cfg: dict, workdir: Path, capsys) -> str:
+    """`fit`, or `test` for a config that trains nothing (an Ensemble, an untransferred base to evaluate)."""
+    code, err = check(cfg, [], workdir, capsys, "fit")
+    return "test" if code == 2 and "nothing to train" in err else "fit"
+
+
+def check(cfg: dict, overrides: list[str], workdir: Path, capsys, subcommand: str = "fit") -> tuple[int, str]:
+    """`hpeft SUBCOMMAND --dry_run true` on the config: (exit status, stderr and stdout)."""
     path = workdir / "fuzz.yaml"
     path.write_text(yaml.safe_dump(cfg))
     try:
-        main(["fit", "--config", str(path), "--dry_run", "true", *overrides])
+        main([subcommand, "--config", str(path), "--dry_run", "true", *overrides])
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
@@ -124,17 +146,18 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=_name)
-def test_mutated_config_is_refused_with_one_line(config: Path, workdir: Path, bases: Path, capsys):
+def test_mutated_config_is_refused_with_one_line(config: Path, workdir: Path, bases: Path, capsys, request):
+    ensemble = "hpeft.Ensemble" in config.read_text()
+    cfg = baseline(config, workdir, bases, request.getfixturevalue("ensemble_members") if ensemble else None)
     rebind_log_handlers()
-    cfg = baseline(config, workdir, bases)
-    if "hpeft.Ensemble" in config.read_text():
-        pytest.skip("Ensemble configs combine finished runs: tests/tasks/test_ensemble.py checks their bad input")
-    code, err = check(cfg, [], workdir, capsys)
+    capsys.readouterr()  # what building the bases or members printed
+    subcommand = command(cfg, workdir, capsys)
+    code, err = check(cfg, [], workdir, capsys, subcommand)
     assert code == 0 and "dry run: nothing written" in err, f"the unmutated config fails the dry run: {err[-2000:]}"
     assert not (workdir / "runs").exists() and not (workdir / "data_cache").exists()
     found = []
     for mutation in sample(config, mutations(cfg)):
-        code, err = check(*mutation.apply(cfg), workdir, capsys)
+        code, err = check(*mutation.apply(cfg), workdir, capsys, subcommand)
         found += problems(code, err, mutation, workdir)
     assert not found, f"{len(found)} mutations of {_name(config)} were not refused cleanly:\n" + "\n".join(found)
 

@@ -147,7 +147,7 @@ class MethodSpec:
 
     def __init__(self, targets: list[str], layers: list[int] | None = None):
         if not targets:
-            raise ValueError(f"{self.name} targets is empty; give module-name patterns such as ['q', 'v', 'ffn.0']")
+            raise ValueError(f"{self.name} targets=[] is empty; give module-name patterns such as ['q', 'v', 'ffn.0']")
         self.targets = list(targets)
         self.layers = None if layers is None else sorted(int(i) for i in layers)
 

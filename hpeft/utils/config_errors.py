@@ -35,6 +35,9 @@ def _plain(text: str) -> str:
 
 def tidy_parse_error(message: str) -> str:
     """The key path and the reason of a jsonargparse parse error, on one line."""
+    if message.lower().startswith("unrecognized arguments:"):  # name the options, not their (long) values
+        options = re.findall(r"(?<!\S)--[\w.-]+", message)
+        return f"unrecognized option{'s' if len(options) > 1 else ''} {', '.join(options)}" if options else message
     lines = _lines(message)
     stack: list[tuple[int, str, bool]] = []  # (indent, key, reached through a class_path)
     via_class = False

@@ -155,7 +155,7 @@ def test_glob_and_regex_targets():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(rank=0), "rank=0"), (dict(dropout=1.0), "dropout=1.0"), (dict(targets=[]), "targets is empty"),
+    (dict(rank=0), "rank=0"), (dict(dropout=1.0), "dropout=1.0"), (dict(targets=[]), "targets=[] is empty"),
 ])
 def test_bad_lora_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,16 +1,27 @@
 """The cluster kit, checked as far as a machine without GPUs, Docker or SLURM can: the compose file parses and
 wires workers to its PostgreSQL, the SLURM scripts pass `bash -n`, every `hpeft` command they run exists, the
-`hpeft fit` of the DDP script parses with the trainer keys it sets, and every path they name exists."""
+`hpeft fit` of the DDP script parses with the trainer keys it sets, and every path they name exists; then the
+multi-node DDP script and the Optuna worker array are executed under a local sbatch/srun (see SHIM below).
+The W&B agent array is not executed: `wandb agent` needs the W&B server (a sweep has no offline mode);
+tests/search/test_wandb_sweeps.py runs the command lines its agents would run."""
 
+import json
+import os
+import random
 import re
+import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from hpeft.cli import TRAINER_COMMANDS
 from hpeft.search.run_config import _ParseOnly
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_config, write_config
+from tests.search.conftest import load, search_config, tiny_run_config
 
 COMMANDS = {*TRAINER_COMMANDS, "inspect", "data", "search", "report", "dashboard"}
 SCRIPTS = sorted((REPO / "sweeps" / "slurm").glob("*.sbatch"))
@@ -80,3 +91,63 @@ def test_cuda_dockerfile_installs_hpeft_with_make_setup():
             assert (REPO / name).exists(), name
     assert "make setup" in text and "setup:" in (REPO / "Makefile").read_text()
     assert 'ENTRYPOINT ["hpeft"]' in text
+
+
+# -- The SLURM scripts executed: tests/search/slurm_shim/ holds an `sbatch` and an `srun` that run a job's tasks on
+# this machine with SLURM's variables (test scaffolding); everything they start is the real hpeft, Lightning, gloo
+# and PostgreSQL.
+
+SHIM = Path(__file__).parent / "slurm_shim"
+
+
+def free_lightning_job_id() -> str:
+    """A job id whose port under Lightning's SLURMEnvironment (15000 + the id's last 4 digits) is free here."""
+    for port in random.Random().sample(range(15000, 25000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return f"3{port - 15000:04d}"
+    pytest.fail("no free port in 15000-24999")
+
+
+def sbatch(args: list[str], cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PATH": f"{SHIM}:{os.environ['PATH']}", "HPEFT_VENV": sys.prefix, "WANDB_SILENT": "true",
+            "OMP_NUM_THREADS": "1", **env}
+    for leftover in ("HPEFT_RUN_ID", "LOCAL_RANK", "WORLD_SIZE", "HPEFT_SEARCH_WORKER"):
+        full.pop(leftover, None)
+    return subprocess.run(["sbatch", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_ddp_multinode_script_runs_one_run_over_two_nodes(tmp_path, cache_dir):
+    cfg = tiny_config(cache_dir, wandb="offline", experiment="nodes",
+                      trainer={"max_steps": 4, "enable_progress_bar": False, "enable_model_summary": False,
+                               "num_sanity_val_steps": 0, "val_check_interval": 4, "log_every_n_steps": 1})
+    job = free_lightning_job_id()
+    # The script asks for GPUs (its #SBATCH lines and --trainer.accelerator gpu); on this machine the override
+    # after it, passed through "$@", puts the same run on the CPU.
+    result = sbatch(["--nodes=2", "--ntasks-per-node=1", str(REPO / "sweeps/slurm/ddp_multinode.sbatch"),
+                     str(write_config(tmp_path / "c.yaml", cfg)), "--trainer.accelerator", "cpu"], tmp_path,
+                    HPEFT_SHIM_JOB_ID=job)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (run_dir,) = list((tmp_path / "runs" / "nodes").iterdir())
+    assert run_dir.name == f"slurm-{job}-0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["speed"]["train_samples_per_s"] > 0
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+
+
+@pytest.mark.slow
+def test_optuna_worker_array_shares_one_postgres_study(tmp_path, cache_dir, postgres_url, pg_study):
+    base = tiny_run_config(tmp_path / "run.yaml", cache_dir)
+    cfg = search_config(tmp_path / "search.yaml", base, study=pg_study, n_trials=4)
+    result = sbatch(["--array=0-1", str(REPO / "sweeps/slurm/optuna_workers.sbatch"), str(cfg), postgres_url], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    study = load(postgres_url, pg_study)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 4 and sorted(t.number for t in complete)[:4] == [0, 1, 2, 3]
+    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both array tasks ran trials
+    run_dirs = [t.user_attrs["run_dir"] for t in complete]
+    assert len(set(run_dirs)) == len(run_dirs)  # one run per trial
