@@ -76,6 +76,9 @@ TRAINER_LOWEST = {"max_epochs": -1, "max_steps": -1, "num_sanity_val_steps": -1,
                   "reload_dataloaders_every_n_epochs": 0}
 
 
+TIMEDELTA_KEYS = {"weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds"}
+
+
 def non_finite_values(tree, prefix: str = "") -> list[tuple[str, float]]:
     """(dotted key, value) of every NaN or infinite float in a config: no hpeft or Lightning option takes one."""
     if isinstance(tree, dict):
@@ -169,6 +172,10 @@ class HpeftCLI(LightningCLI):
             if lowest is not None and isinstance(value, int | float) and not isinstance(value, bool) and value < lowest:
                 raise ValueError(f"trainer.{key}={value!r}; valid: {lowest} or more"
                                  + (" (-1: no limit)" if lowest == -1 else ""))
+        for key in ("val_check_interval", "max_time"):  # Lightning passes a mapping to timedelta(**value)
+            value = (cfg.get("trainer") or {}).get(key)
+            if isinstance(value, dict) and (unknown := sorted(set(value) - TIMEDELTA_KEYS)):
+                raise ValueError(f"trainer.{key}={value!r}: unknown duration keys {unknown}; valid: {sorted(TIMEDELTA_KEYS)}")
         every = cfg.get("checkpoint_every_n_steps")
         if every is not None and (isinstance(every, bool) or every < 1):
             raise ValueError(f"checkpoint_every_n_steps={every!r}; valid: a positive number of steps, or null for none")
