@@ -114,7 +114,9 @@ class HpeftArgumentParser(LightningArgumentParser):
                 r"class_path|[Ii]mport|not a subclass|no attribute|No module named", text):
             known = "; ".join(f"{role}: {', '.join(paths)}" for role, paths in known_class_paths().items())
             text = f"{text}; valid class paths: {known}"
-        fail(f"{text} (`hpeft {self.prog.split()[-1] if self.prog else 'fit'} --help` lists every option)")
+        command = (self.prog or "").split()[-1:] or ["fit"]
+        command = command[0] if command[0] in ("fit", "validate", "test", "predict") else "fit"
+        fail(f"{text} (`hpeft {command} --help` lists every option)")
 
 
 class HpeftCLI(LightningCLI):

@@ -29,8 +29,11 @@ def _lines(message: str) -> list[tuple[int, str]]:
     return out
 
 
+_NESTED = re.compile(r"NestedArg\(key='([^']*)', val=(.*?)\)(?=$|[;,\s])")
+
+
 def _plain(text: str) -> str:
-    return _TYPE_NAMES.sub(r"\1", text).replace("typing.", "")
+    return _NESTED.sub(r"\1=\2", _TYPE_NAMES.sub(r"\1", text).replace("typing.", ""))
 
 
 def tidy_parse_error(message: str) -> str:
@@ -76,7 +79,7 @@ def tidy_parse_error(message: str) -> str:
         value = next((v for i, v in sorted(given.items(), reverse=True) if i < indent), None)
         if value is not None:
             reason = f"{reason}; given {value}"
-    return f"{key}: {reason}" if key else reason
+    return _plain(f"{key}: {reason}" if key else reason)
 
 
 def _join(keys: list[str], via_class: list[bool]) -> str:
