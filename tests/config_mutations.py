@@ -14,6 +14,7 @@ import copy
 import importlib
 import inspect
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +32,8 @@ PATH_KEYS = {"base_checkpoint", "pretrained", "tokenizer", "files", "train_files
              "members"}
 # Values where a negative number means something: Lightning's "no limit" (-1) for epochs and steps.
 NEGATIVE_OK = {"max_epochs", "max_steps", "min_steps"}
-# Lists that may be empty: no stages frozen, no callbacks.
-EMPTY_OK = {"freeze_methods", "callbacks"}
+# Lists that may be empty: no stages frozen, no callbacks, no methods (a stage or a hybrid may train the base alone).
+EMPTY_OK = {"freeze_methods", "callbacks", "methods"}
 # Dicts whose keys are not options: a transformers config (HFCausalLMConfig.config) takes any attribute.
 FREE_DICTS = {"config", "data_files"}
 # Fractions: probabilities and ratios are in [0, 1].
@@ -92,8 +93,10 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
-def _leaf(path: tuple, value: Any) -> list[Mutation]:
+def _leaf(path: tuple, value: Any, hint: Any = None) -> list[Mutation]:
+    """The mutations of one value; `hint` is its declared type where the class that takes it is known."""
     key = _key(path)
+    takes_float = hint is float or float in typing.get_args(hint)
     def m(kind, new, *extra_names, expect=()):
         return Mutation(kind, path, new, (key, _value_text(new), *extra_names), expect=expect)
 
@@ -107,7 +110,9 @@ def _leaf(path: tuple, value: Any) -> list[Mutation]:
     if isinstance(value, bool):
         return [*out, m("wrong_type", "maybe"), m("wrong_type", [value])]
     if isinstance(value, int):
-        out += [m("wrong_type", "many"), m("wrong_type", value + 0.5), m("wrong_type", [value])]
+        out += [m("wrong_type", "many"), m("wrong_type", [value])]
+        if not takes_float:  # an int where the option is a float (LoRA's alpha: 32) may be given as 32.5
+            out.append(m("wrong_type", value + 0.5))
         if value > 0 and key not in NEGATIVE_OK:
             out.append(m("negative", -value - 3))
         return out
@@ -141,19 +146,31 @@ def _leaf(path: tuple, value: Any) -> list[Mutation]:
     return out
 
 
+def _class(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def _required_args(class_path: str) -> list[str]:
     """The __init__ parameters of a class_path without a default (leaving one out must be refused)."""
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return [p.name for p in inspect.signature(cls).parameters.values()
+    return [p.name for p in inspect.signature(_class(class_path)).parameters.values()
             if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _hints(class_path: str) -> dict:
+    """The declared types of a class's __init__ arguments (empty where they cannot be resolved)."""
+    try:
+        return typing.get_type_hints(_class(class_path).__init__)
+    except Exception:  # noqa: BLE001 - a forward reference that does not resolve: no hints, the generic mutations
+        return {}
 
 
 def mutations(config: dict) -> list[Mutation]:
     """Every mutation of `config` (a run config as read from YAML), file and command-line forms."""
     out: list[Mutation] = []
 
-    def walk(node: Any, path: tuple) -> None:
+    def walk(node: Any, path: tuple, types: Any = None) -> None:
+        """types: for a dict, its keys' declared types (from the class_path above it); for a value, its own."""
         if isinstance(node, dict):
             if _key(path) in FREE_DICTS:
                 return
@@ -166,14 +183,16 @@ def mutations(config: dict) -> list[Mutation]:
                 for arg in _required_args(node["class_path"]):
                     if arg in args:
                         out.append(Mutation("missing_required", (*path, "init_args", arg), DELETE, (arg,)))
+            inner = _hints(node["class_path"]) if isinstance(node.get("class_path"), str) else None
+            own = types if isinstance(types, dict) else {}
             for k, v in node.items():
-                walk(v, (*path, k))
+                walk(v, (*path, k), inner if k == "init_args" else own.get(k))
         elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
             out.extend(_leaf(path, node))
             for i, v in enumerate(node):
                 walk(v, (*path, i))
         elif node is not None:
-            out.extend(_leaf(path, node))
+            out.extend(_leaf(path, node, types))
 
     walk(config, ())
     for top in ("model", "data"):

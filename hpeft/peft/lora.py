@@ -127,6 +127,8 @@ class LoRA(MethodSpec):
                 raise ValueError(f"LoRA layer_ranks[{i}]={r} must be a positive integer")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRA dropout={dropout} must be in [0, 1)")
+        if alpha is not None and not alpha > 0:  # a negative alpha flips the update's sign; zero switches it off
+            raise ValueError(f"LoRA alpha={alpha} must be positive (the update is scaled by alpha / rank)")
         super().__init__(targets, layers)
         self.rank, self.alpha, self.dropout, self.rslora = rank, float(rank if alpha is None else alpha), dropout, rslora
         self.gated = gated

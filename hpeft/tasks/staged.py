@@ -68,7 +68,12 @@ class Staged(Hybrid):
         self.stages = stages
         if any(s.quantize for s in stages):
             quantizable(self.model)  # a model with no linear layer to quantise fails now, not at a boundary
+        names = [logical_name(name) for name, _ in self.model.named_modules()]
         for stage in stages:
+            for pattern in stage.train_base if isinstance(stage.train_base, list) else []:
+                if not any(match(pattern, name) for name in names):  # would train nothing of the base, silently
+                    raise ValueError(f"stage {stage.name!r}: train_base pattern {pattern!r} matches no module of the "
+                                     f"model; modules: {', '.join(sorted({n for n in names if n})[:12])}, ...")
             if stage.optimizer == "galore":  # a rank too large for some weight fails now, not at the boundary
                 if not galore_weights(self.model, stage.galore_rank, stage.galore_targets, trainable_only=False):
                     raise ValueError(f"stage {stage.name!r}: GaLore finds no 2-D linear weight to project "
