@@ -274,6 +274,7 @@ class ConvOnly(BackboneConfig):
     ([{"name": "a", "methods": ["lora"], "steps": 2, "epochs": 1}], "gives both epochs=1 and steps=2"),
     ([{"name": "a", "methods": ["lora"], "steps": 0}], r"steps=0 must be a positive integer"),
     ([{"name": "a", "methods": ["lora"], "steps": 2}, {"name": "a", "train_base": True}], "stage names must differ"),
+    ([{"name": "a", "train_base": ["mlpp"]}], r"stage 'a': train_base pattern 'mlpp' matches no module"),
 ])
 def test_bad_stage_lists_fail_before_training(stages, message):
     with pytest.raises(ValueError, match=message):
