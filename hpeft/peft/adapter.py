@@ -119,6 +119,8 @@ class Adapter(MethodSpec):
             raise ValueError(f"adapter size={size} must be a positive integer")
         if reduction_factor <= 0:
             raise ValueError(f"adapter reduction_factor={reduction_factor} must be positive")
+        if scale is not None and not scale > 0:  # a negative scale is a sign flip the up-projection can learn
+            raise ValueError(f"adapter scale={scale} must be positive (He et al.'s scaled parallel adapter uses 4)")
         placement, default_targets, default_scale = KINDS[kind]
         super().__init__(default_targets if targets is None else targets, layers)
         self.kind, self.size, self.reduction_factor, self.activation = kind, size, reduction_factor, activation

@@ -310,6 +310,7 @@ def test_prefix_reparam_counts_the_flattened_prefix_as_deployed():
 def test_bad_method_options_name_the_value():
     for make, msg in [
         (lambda: peft.Adapter(kind="serial"), "kind='serial'.*houlsby"),
+        (lambda: peft.Adapter(kind="scaled_parallel", scale=-4), "scale=-4 must be positive"),
         (lambda: peft.Prompt(length=0), "length=0"),
         (lambda: peft.SparseAdapter(sparsity=1.0), r"sparsity=1.0 must be in \[0, 1\)"),
         (lambda: peft.Prompt(init="text"), "init='text'.*random"),
