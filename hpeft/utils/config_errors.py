@@ -18,6 +18,7 @@ _INIT_NOISE = tuple(n for n in _UNION_NOISE if not n.startswith(("Problem", "val
 _ROLES = {"LightningDataModule": "data", "LightningModule": "model"}
 _KEY = re.compile(r'^Parser key "([^"]+)":?$')
 _TYPE_NAMES = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
+_NESTED = re.compile(r"NestedArg\(key='([^']*)', val=(.*?)\)(?=$|[;,\s])")
 
 
 def _lines(message: str) -> list[tuple[int, str]]:
@@ -27,9 +28,6 @@ def _lines(message: str) -> list[tuple[int, str]]:
         if text:
             out.append((len(raw) - len(raw.lstrip()), text.removeprefix("- ")))
     return out
-
-
-_NESTED = re.compile(r"NestedArg\(key='([^']*)', val=(.*?)\)(?=$|[;,\s])")
 
 
 def _plain(text: str) -> str:
@@ -44,7 +42,7 @@ def tidy_parse_error(message: str) -> str:
     lines = _lines(message)
     stack: list[tuple[int, str, bool]] = []  # (indent, key, reached through a class_path)
     via_class = False
-    deepest: tuple[int, list[str], list[str]] | None = None  # (indent, keys, reasons)
+    deepest: tuple[int, str, list[str]] | None = None  # (indent, dotted key, reasons at that indent)
     given: dict[int, str] = {}
     for indent, text in lines:
         if text.startswith("Problem with given class_path"):
@@ -70,12 +68,12 @@ def tidy_parse_error(message: str) -> str:
     if deepest is None:
         return " ".join(text for _, text in lines)
     indent, key, reasons = deepest
-    reasons = [_plain(r) for r in dict.fromkeys(reasons)]
+    reasons = list(dict.fromkeys(reasons))
     if len(reasons) > 1 and all(r.startswith("Expected a ") for r in reasons):
         reason = "expected " + " or ".join(r.removeprefix("Expected a ") for r in reasons)
     else:
         reason = " or ".join(reasons)
-    if "Got value" not in reason and "got" not in reason.lower():
+    if "got" not in reason.lower():
         value = next((v for i, v in sorted(given.items(), reverse=True) if i < indent), None)
         if value is not None:
             reason = f"{reason}; given {value}"
