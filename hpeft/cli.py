@@ -7,6 +7,7 @@
     hpeft study NAME --scale tiny|cpu|cluster [--out DIR] [--seeds K]   a research question answered with CIs (studies/)
     hpeft report --runs runs/ [--storage URL --study NAME] [--wandb ENTITY/PROJECT] --out report.html
     hpeft dashboard [--runs runs/] [--port 8050]   serve the report on 127.0.0.1, rebuilt as runs land
+    hpeft export --run RUN_DIR --format hf-peft|merged --out DIR   a run as an HF peft adapter or a merged model
 
 This module is the dispatcher only: it imports nothing heavy, so `hpeft --help`, `hpeft COMMAND --help` and
 `hpeft report` start without torch or Lightning (importing Lightning alone takes seconds). Each command's
@@ -20,7 +21,7 @@ import sys
 from hpeft.utils.errors import fail
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
-COMMANDS = (*TRAINER_COMMANDS, "inspect", "data", "search", "study", "report", "dashboard")
+COMMANDS = (*TRAINER_COMMANDS, "inspect", "data", "search", "study", "report", "dashboard", "export")
 
 
 def _run_trainer_command(argv: list[str]) -> None:
@@ -54,6 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         from hpeft.study.command import study_command
 
         return study_command(argv[1:])
+    if command == "export":
+        from hpeft.export import export_command
+
+        return export_command(argv[1:])
     if command in ("report", "dashboard"):
         from hpeft.report import command as report
 

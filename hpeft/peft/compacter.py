@@ -3,10 +3,12 @@ parameterised hypercomplex multiplication (PHM) layers,
 
     W = sum_{i=1..n} A_i (x) B_i,   A_i in R^{n x n},   B_i = s_i t_i^T in R^{(in/n) x (out/n)}  (rank r),
 
-with the "slow" A_i shared by every Compacter layer of a spec (one set for down-, one for
-up-projections) and the low-rank "fast" B_i per layer. Compacter places adapters like Houlsby (after
-attention and FFN), Compacter++ like Pfeiffer (after the FFN only). The up-projection's fast weights
-start at zero, so the adapter starts as the identity."""
+with the "slow" A_i shared by every PHM layer of a spec, down- and up-projections alike (one [n, n, n]
+tensor: the paper's "shared across all layers" and AdapterHub's shared_phm_rule), and the low-rank "fast"
+B_i per layer. A projection has n*r*(in/n + out/n) fast weights and an `out` bias; the rule adds n^3 once.
+Compacter places adapters like Houlsby (after the attention output and the FFN output), Compacter++ like
+Pfeiffer (after the FFN output only), through the roles "role:attn" and "role:ffn" on every mapped family. The
+up-projection's fast weights start at zero, so the adapter starts as the identity."""
 
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ class Compacter(Adapter):
         size: int | None = None,
         reduction_factor: float = 32,
         activation: str = "gelu",
-        targets: list[str] | None = None,
+        targets: list[str | dict] | None = None,
         layers: list[int] | None = None,
     ):
         """
@@ -69,7 +71,7 @@ class Compacter(Adapter):
             size: bottleneck width; defaults to the output width / reduction_factor (rounded to a multiple of n).
             reduction_factor: output width / bottleneck width, when size is not given.
             activation: non-linearity between the projections.
-            targets: module-name patterns; defaults to the kind's places.
+            targets: module-name patterns, roles or spans (see Adapter); defaults to the kind's places.
             layers: only modules of these layer indices.
         """
         if kind not in KINDS:
@@ -79,10 +81,10 @@ class Compacter(Adapter):
         super().__init__(kind=KINDS[kind], size=size, reduction_factor=reduction_factor, activation=activation,
                          targets=targets, layers=layers)
         self.kind, self.phm_dim, self.phm_rank = kind, phm_dim, phm_rank
-        self._rules: dict[bool, nn.Parameter] = {}
+        self._rule: nn.Parameter | None = None
 
     def start_apply(self) -> None:
-        self._rules = {}
+        self._rule = None
 
     def bottleneck_size(self, out_features: int) -> int:
         if self.size is not None:
@@ -102,10 +104,10 @@ class Compacter(Adapter):
                                  f"valid phm_dim here: {valid}")
 
     def make_projection(self, in_features: int, out_features: int, up: bool, module_name: str) -> nn.Module:
-        if up not in self._rules:
+        if self._rule is None:
             n = self.phm_dim
-            self._rules[up] = nn.Parameter(torch.randn(n, n, n) / math.sqrt(n))
-        return PHMLinear(in_features, out_features, self._rules[up], self.phm_rank, zero=up)
+            self._rule = nn.Parameter(torch.randn(n, n, n) / math.sqrt(n))
+        return PHMLinear(in_features, out_features, self._rule, self.phm_rank, zero=up)
 
     @staticmethod
     def parameter_count(in_features: int, out_features: int, n: int, rank: int) -> int:

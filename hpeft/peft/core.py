@@ -17,14 +17,29 @@ A glob's `*` crosses dots: `encoder.layer.*.output` also matches `encoder.layer.
 A wildcard pattern whose matches differ in type or width is therefore a warning that names them, and
 `hpeft inspect` lists every pattern with the modules it matched.
 
+Two more kinds of target (placement.py, span.py):
+  "role:ffn"            a role: where the model's family has that part of each layer, a module pattern or a
+                        span (roles: attn, cross_attn, ffn, q, k, v, o, ffn_in, ffn_out). The family is
+                        found from the model (transformers' config.model_type, hpeft's model class)
+  {"from": "fc1", "to": "fc2"}  a span, also written "fc1->fc2": the input of one module to the output of
+                        another in the same layer, for sublayers that are no single module (BART's FFN is
+                        fc1 -> act -> fc2). Only methods with `spans` (adapters) take spans: the layer goes on
+                        the `to` module and, where it reads the sublayer's input (a parallel adapter), a
+                        parameter-free `SpanInput` on the `from` module keeps that input for it
+Adapters default to roles (Houlsby ["role:attn", "role:ffn"], Pfeiffer and parallel ["role:ffn"]), so they
+sit where the papers put them on every mapped family; patterns and spans place them on any other model. A
+placement that cannot work (a parallel adapter across a module whose widths differ) is a PlacementError
+that names the model's roles.
+
 Stacking. Several different methods may wrap one module (UniPELT puts LoRA and a prefix on `v`); the
 same method twice on one module is a clash. Wrappers nest by `level`, whatever the order they were
 applied in: weight-level methods (LoRA, IA3, BitFit: level 0) sit next to the base module, output-level
 ones (adapters: 1) around them, and sequence-level ones (prompt, prefix: 2), which change the output's
-length, outermost; within a level, the later method wraps the earlier. Merging then folds the innermost
-layers first (see io.merge).
+length, outermost; within a level, the later method wraps the earlier. DoRA alone sits at level -1, directly
+on the base module, because its output depends on the base weight itself (its norm per output row).
+Merging then folds the innermost layers first (see io.merge).
 
-Specs that share modules across the layers they make (Adapter(shared=True), Compacter's rules) start
+Specs that share modules across the layers they make (Adapter(shared=True), Compacter's rule) start
 afresh on each `apply`, so one spec object applied to two models gives two independent sets.
 """
 
@@ -35,12 +50,15 @@ import inspect
 import itertools
 import re
 import warnings
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from hpeft.utils.names import layer_index  # noqa: F401 - part of this module's API (methods import it from here)
+
+if TYPE_CHECKING:  # span.py imports this module
+    from hpeft.peft.span import Placement
 
 METHODS: dict[str, type["MethodSpec"]] = {}
 _apply_order = itertools.count()
@@ -60,6 +78,17 @@ def is_transposed_linear(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
 
 
+def find_transformers_model(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(logical path, module) of the outermost transformers PreTrainedModel inside `model`, the model itself
+    included (hpeft's CausalLMLogits holds one at `.model`), or None. Duck-typed, as LinearLike is."""
+    for path, module in model.named_modules():
+        config = getattr(module, "config", None)
+        if isinstance(getattr(config, "model_type", None), str) and hasattr(module, "base_model_prefix") \
+                and hasattr(module, "get_input_embeddings"):
+            return logical_name(path), module
+    return None
+
+
 def linear_dims(module: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a linear-like module."""
     if isinstance(module, nn.Linear):
@@ -67,6 +96,16 @@ def linear_dims(module: nn.Module) -> tuple[int, int]:
     if is_transposed_linear(module):
         return module.nx, module.nf
     raise TypeError(f"{type(module).__name__} is not a linear layer (nn.Linear or transformers Conv1D)")
+
+
+def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The main input of a module call: the first positional argument, else `hidden_states` (transformers
+    layers are called with keywords), else the first tensor keyword argument."""
+    if args:
+        return args[0]
+    if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+        return kwargs["hidden_states"]
+    return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
 
 
 def weight_options(module: nn.Module) -> dict:
@@ -84,6 +123,8 @@ class PeftLayer(nn.Module):
 
     method: ClassVar[str] = ""
     level: ClassVar[int] = 0
+    # False for helper layers that are no method on their module (a span's SpanInput): they do not clash.
+    claims_module: ClassVar[bool] = True
 
     # The wrapped base module's weight and bias, as HF peft's layers expose them: transformers code reads
     # them off the modules it calls (T5's FFN casts its input to `self.wo.weight.dtype`), which failed with
@@ -132,6 +173,11 @@ def raw_module(module: nn.Module) -> nn.Module:
     return module
 
 
+class PlacementError(ValueError):
+    """A method cannot go where its target puts it (e.g. a parallel adapter across unequal widths); `apply`
+    adds the model's roles to the message."""
+
+
 class MethodSpec:
     """Base of method specs. Subclasses set `name`, `layer_types`, `level` and implement `wrap`."""
 
@@ -139,16 +185,22 @@ class MethodSpec:
     # Module types this method can wrap (judged on the base module under any wrappers).
     layer_types: ClassVar[tuple[type, ...]] = (nn.Module,)
     level: ClassVar[int] = 0
+    # Whether targets may be spans (see the module docstring); such specs implement wrap_span.
+    spans: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.name:
             METHODS[cls.name] = cls
 
-    def __init__(self, targets: list[str], layers: list[int] | None = None):
+    def __init__(self, targets: list[str | dict], layers: list[int] | None = None):
+        from hpeft.peft.placement import check_target  # placement builds on this module
+
         if not targets:
             raise ValueError(f"{self.name} targets=[] is empty; give module-name patterns such as ['q', 'v', 'ffn.0']")
-        self.targets = list(targets)
+        for target in targets:
+            check_target(target, self.name, self.spans)
+        self.targets = [t if isinstance(t, str) else dict(t) for t in targets]  # a span as a plain dict (JSON)
         self.layers = None if layers is None else sorted(int(i) for i in layers)
 
     def config(self) -> dict:
@@ -170,6 +222,21 @@ class MethodSpec:
 
     def wrap(self, module: nn.Module, module_name: str) -> PeftLayer:
         """A new layer around `module` (a base module or, when stacking, another method's layer)."""
+        raise NotImplementedError
+
+    def span_input(self) -> bool:
+        """Whether this spec's layer on a span's `to` module reads the `from` module's input (else a span
+        places it on its `to` module as that module's own target)."""
+        return False
+
+    def check_span(self, source: nn.Module, source_name: str, module: nn.Module, module_name: str) -> None:
+        """Like `check`, for a span from `source`'s input to `module`'s output (base modules); only called
+        where span_input() is true."""
+        self.check(module, module_name)
+
+    def wrap_span(self, module: nn.Module, module_name: str, source: PeftLayer) -> PeftLayer:
+        """Like `wrap`, with `source` the SpanInput layer on the span's `from` module (call source.take() in
+        forward for its input)."""
         raise NotImplementedError
 
     def after_apply(self, model: nn.Module, layers: list[tuple[str, PeftLayer]]) -> None:
@@ -225,14 +292,36 @@ def count_layers(model: nn.Module) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def pattern_matches(model: nn.Module, spec: MethodSpec, where: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
-    """(pattern, the logical module names it selects) for each of the spec's patterns, in order: modules of a
-    type the method wraps, in the spec's layers. A pattern that selects nothing gets an empty list."""
+def target_placements(model: nn.Module, spec: MethodSpec,
+                      where: dict[str, str] | None = None) -> list[tuple[str, list, list[Placement]]]:
+    """For each of the spec's targets, in order: its text, the patterns and spans it stands for (a role
+    resolved through the model's family, see placement.py) and the placements (span.Placement) they select:
+    modules of a type the method wraps, in the spec's layers, each with its span's `from` module (any module
+    of the same layer) or None. A target that selects nothing gets an empty list."""
+    from hpeft.peft import placement  # placement and span build on this module
+    from hpeft.peft.span import Placement, Span, pair_span
+
     where = positions(model) if where is None else where
-    candidates = [n for n, path in where.items() if isinstance(raw_module(model.get_submodule(path)), spec.layer_types)]
-    if spec.layers is not None:
-        candidates = [n for n in candidates if layer_index(n) in spec.layers]
-    return [(pattern, [n for n in candidates if match(pattern, n)]) for pattern in spec.targets]
+    in_layers = [n for n in where if spec.layers is None or layer_index(n) in spec.layers]
+    candidates = [n for n in in_layers if isinstance(raw_module(model.get_submodule(where[n])), spec.layer_types)]
+    found = []
+    for target in spec.targets:
+        label = placement.label(target)
+        parts = placement.expand(model, target, spec.name, spec.spans)
+        hits: list[Placement] = []
+        for part in parts:
+            if isinstance(part, Span):
+                hits += pair_span(part, in_layers, candidates, label)
+            else:
+                hits += [Placement(n) for n in candidates if match(part, n)]
+        found.append((label, parts, hits))
+    return found
+
+
+def pattern_matches(model: nn.Module, spec: MethodSpec, where: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
+    """(target, the logical module names it selects: for a span its `to` modules) for each of the spec's
+    targets, in order (see target_placements). A target that selects nothing gets an empty list."""
+    return [(label, [p.name for p in hits]) for label, _, hits in target_placements(model, spec, where)]
 
 
 def module_kind(model: nn.Module, name: str, where: dict[str, str] | None = None) -> str:
@@ -257,31 +346,64 @@ def mixed_kinds(model: nn.Module, pattern: str, hits: list[str], where: dict[str
 
 
 def resolve_targets(model: nn.Module, spec: MethodSpec, where: dict[str, str] | None = None) -> list[str]:
-    """Logical module names the spec's patterns select. Every pattern must select at least one module of a
-    type the method can wrap; otherwise the error names the pattern and lists what it could have matched.
-    A wildcard pattern whose matches differ in kind or width is a warning naming them (see mixed_kinds)."""
+    """Logical names of the modules the spec's targets select (for a span, its `to` modules); see resolve_placements."""
+    return [p.name for p in resolve_placements(model, spec, where)]
+
+
+def resolve_placements(model: nn.Module, spec: MethodSpec, where: dict[str, str] | None = None) -> list[Placement]:
+    """Where the spec's targets put it (span.Placement: a module, and a span's `from` module or None). Every
+    target must select at least one module of a type the method can wrap; otherwise the error names the target
+    and lists what it could have matched. A wildcard pattern whose matches differ in kind or width is a warning
+    naming them (see mixed_kinds). A module selected twice is placed once, by its first target."""
+    from hpeft.peft.span import Span
+
     where = positions(model) if where is None else where
-    kinds = ", ".join(t.__name__ for t in spec.layer_types)
-    selected: list[str] = []
-    for pattern, hits in pattern_matches(model, spec, where):
+    selected: dict[str, Placement] = {}
+    for label, parts, hits in target_placements(model, spec, where):
         if not hits:
-            named = [n for n in where if match(pattern, n)]
-            if spec.layers is not None and any(layer_index(n) is not None for n in named):
-                why = f"it matches no module of layers {spec.layers} that {spec.name} can wrap ({kinds}); the model has {count_layers(model)} layers"
-            elif named:
-                why = f"it matches {named[:5]} but {spec.name} wraps only {kinds}"
+            raise ValueError(_no_match_message(model, spec, label, parts, where))
+        for part in parts:
+            pattern = part.sink if isinstance(part, Span) else part
+            mixed = mixed_kinds(model, pattern, [p.name for p in hits if match(pattern, p.name)], where)
+            if mixed:
+                groups = "; ".join(f"{k}: {_abbreviate(v, 4)}" for k, v in mixed.items())
+                warnings.warn(f"{spec.name} target pattern {pattern!r} matches modules of different kinds or widths ({groups}); "
+                              "narrow it (a glob's * crosses dots; 're:' patterns match whole names) if that is not meant",
+                              stacklevel=3)
+        for p in hits:
+            selected.setdefault(p.name, p)
+    return list(selected.values())
+
+
+def _no_match_message(model: nn.Module, spec: MethodSpec, label: str, parts: list, where: dict[str, str]) -> str:
+    """Why a target selected nothing: per pattern (for a span, the end that fails), and for a role the family's roles."""
+    from hpeft.peft.placement import roles_hint
+    from hpeft.peft.span import Span
+
+    whys = []
+    for part in parts:
+        if isinstance(part, Span):
+            if not any(match(part.source, n) for n in where):
+                whys.append(f"its 'from' pattern {part.source!r} matches no module")
             else:
-                candidates = [n for n, path in where.items() if isinstance(raw_module(model.get_submodule(path)), spec.layer_types)]
-                why = f"it matches no module; {spec.name} can target ({kinds}): {_abbreviate(candidates)}"
-            raise ValueError(f"{spec.name} target pattern {pattern!r}: {why}")
-        mixed = mixed_kinds(model, pattern, hits, where)
-        if mixed:
-            groups = "; ".join(f"{k}: {_abbreviate(v, 4)}" for k, v in mixed.items())
-            warnings.warn(f"{spec.name} target pattern {pattern!r} matches modules of different kinds or widths ({groups}); "
-                          "narrow it (a glob's * crosses dots; 're:' patterns match whole names) if that is not meant",
-                          stacklevel=3)
-        selected += [h for h in hits if h not in selected]
-    return selected
+                whys.append(f"its 'to' pattern {part.sink!r}: {_why_no_match(model, spec, part.sink, where)}")
+        else:
+            whys.append(_why_no_match(model, spec, part, where) if len(parts) == 1 else f"{part!r}: {_why_no_match(model, spec, part, where)}")
+    if label.startswith("role:"):
+        shown = " + ".join(str(p) for p in parts)
+        return f"{spec.name} target {label!r} ({shown}): {'; '.join(whys)}. {roles_hint(model)}"
+    return f"{spec.name} target pattern {label!r}: {'; '.join(whys)}"
+
+
+def _why_no_match(model: nn.Module, spec: MethodSpec, pattern: str, where: dict[str, str]) -> str:
+    kinds = ", ".join(t.__name__ for t in spec.layer_types)
+    named = [n for n in where if match(pattern, n)]
+    if spec.layers is not None and any(layer_index(n) is not None for n in named):
+        return f"it matches no module of layers {spec.layers} that {spec.name} can wrap ({kinds}); the model has {count_layers(model)} layers"
+    if named:
+        return f"it matches {named[:5]} but {spec.name} wraps only {kinds}"
+    candidates = [n for n, path in where.items() if isinstance(raw_module(model.get_submodule(path)), spec.layer_types)]
+    return f"it matches no module; {spec.name} can target ({kinds}): {_abbreviate(candidates)}"
 
 
 def _abbreviate(names: list[str], limit: int = 12) -> str:
@@ -325,30 +447,68 @@ def apply(model: nn.Module, specs: list[MethodSpec], freeze_base: bool = True) -
     for spec in specs:
         if not isinstance(spec, MethodSpec):
             raise TypeError(f"peft.apply expects method specs such as peft.LoRA(...), got {spec!r}; known methods: {sorted(METHODS)}")
-    plain = [s for spec in specs for s in spec.expand(model)]
+    plain = expand_specs(model, specs)
     where = positions(model)
     on_module: dict[str, list[MethodSpec]] = {
-        n: [_spec_of(layer) for layer in _chain(model.get_submodule(path))] for n, path in where.items()
+        n: [_spec_of(layer) for layer in _chain(model.get_submodule(path)) if layer.claims_module] for n, path in where.items()
     }
-    plan: list[tuple[MethodSpec, list[str]]] = []
+    plan: list[tuple[MethodSpec, list[Placement]]] = []
     for spec in plain:
-        names = resolve_targets(model, spec, where)
-        for n in names:
+        placements = resolve_placements(model, spec, where)
+        for n, source in placements:
             other = next((s for s in on_module[n] if s.name == spec.name), None)
             if other is not None:
                 raise ValueError(f"methods clash on module {n!r}: {other!r} and {spec!r} both put {spec.name} on it")
-            spec.check(raw_module(model.get_submodule(where[n])), n)
+            _check(model, spec, n, source, where)
             on_module[n].append(spec)
-        plan.append((spec, names))
+        plan.append((spec, placements))
     if freeze_base:
         freeze(model)
     for spec in plain:
         spec.apply_order = next(_apply_order)
         spec.start_apply()
-    for spec, names in plan:
-        added = [(n, _insert(model, real_path(model, n), n, spec)) for n in names]
+    for spec, placements in plan:
+        added = []
+        for n, source in placements:
+            tap = _insert_span_input(model, source, n, spec) if source is not None and spec.span_input() else None
+            added.append((n, _insert(model, real_path(model, n), n, spec, tap)))
         spec.after_apply(model, added)
     return model
+
+
+def _check(model: nn.Module, spec: MethodSpec, name: str, source: str | None, where: dict[str, str]) -> None:
+    """spec.check (or check_span) on the base modules; a PlacementError gets the model's roles appended."""
+    base = raw_module(model.get_submodule(where[name]))
+    try:
+        if source is not None and spec.span_input():
+            spec.check_span(raw_module(model.get_submodule(where[source])), source, base, name)
+        else:
+            spec.check(base, name)
+    except PlacementError as err:
+        from hpeft.peft.placement import roles_hint
+
+        raise PlacementError(f"{err}. {roles_hint(model)}") from None
+
+
+def _insert_span_input(model: nn.Module, source: str, sink: str, spec: MethodSpec) -> PeftLayer:
+    """A SpanInput around the module at logical `source`, outermost (it keeps the input the model passes)."""
+    from hpeft.peft.span import SpanInput
+
+    path = real_path(model, source)
+    layer = SpanInput(model.get_submodule(path), spec.name, source, sink)
+    layer.spec = spec
+    set_submodule(model, path, layer)
+    return layer
+
+
+def expand_specs(model: nn.Module, specs: list[MethodSpec]) -> list[MethodSpec]:
+    """The plain specs `specs` stand for, expanded until each stands for itself (a composite's Prefix may in
+    turn become the cache route's PrefixCache on a transformers model)."""
+    plain: list[MethodSpec] = []
+    for spec in specs:
+        parts = spec.expand(model)
+        plain += parts if len(parts) == 1 and parts[0] is spec else expand_specs(model, parts)
+    return plain
 
 
 def real_path(model: nn.Module, name: str) -> str:
@@ -363,12 +523,13 @@ def real_path(model: nn.Module, name: str) -> str:
     return ".".join(path)
 
 
-def _insert(model: nn.Module, path: str, name: str, spec: MethodSpec) -> PeftLayer:
-    """Wrap the module at `path` (or the layer inside it where `spec.level` belongs) in spec's layer."""
+def _insert(model: nn.Module, path: str, name: str, spec: MethodSpec, tap: PeftLayer | None = None) -> PeftLayer:
+    """Wrap the module at `path` (or the layer inside it where `spec.level` belongs) in spec's layer; `tap`:
+    the SpanInput of a span's `from` module, for a layer that reads it."""
     module = model.get_submodule(path)
     while isinstance(module, PeftLayer) and module.level > spec.level:
         path, module = f"{path}.base_layer", module.base_layer
-    layer = spec.wrap(module, name)
+    layer = spec.wrap(module, name) if tap is None else spec.wrap_span(module, name, tap)
     layer.spec = spec
     set_submodule(model, path, layer)
     return layer

@@ -32,6 +32,8 @@ def gate_values(model: nn.Module) -> dict[str, float]:
     values: dict[str, list[float]] = {}
     for _, layer in peft_layers(model):
         gate = getattr(layer, "gate", None)
-        if isinstance(gate, Gate):
-            values.setdefault(layer.method, []).append(float(gate.last))
+        # One gate per layer, or (the cache route's prefix, which sits on the whole decoder) one per decoder layer.
+        for g in (gate if isinstance(gate, nn.ModuleList) else [gate]):
+            if isinstance(g, Gate):
+                values.setdefault(layer.method, []).append(float(g.last))
     return {method: sum(v) / len(v) for method, v in values.items()}

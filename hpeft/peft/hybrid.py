@@ -39,23 +39,25 @@ class UniPELT(Composite):
     def __init__(
         self,
         lora_rank: int = 8,
-        lora_targets: list[str] = ["q", "v"],  # noqa: B006 - shown in --help
+        lora_targets: list[str] = ["role:q", "role:v"],  # noqa: B006 - shown in --help
         prefix_length: int = 10,
         prefix_targets: list[str] = ["k", "v"],  # noqa: B006
         adapter_size: int | None = None,
         adapter_reduction_factor: float = 16,
-        adapter_targets: list[str] = ["ffn"],  # noqa: B006
+        adapter_targets: list[str | dict] = ["role:ffn"],  # noqa: B006
         layers: list[int] | None = None,
     ):
         """
         Args:
             lora_rank: rank of the gated LoRA.
-            lora_targets: LoRA's linear layers (Q and V in the paper).
+            lora_targets: LoRA's linear layers (Q and V in the paper; roles resolve per family, see
+                hpeft.peft.placement).
             prefix_length: length of the gated prefix.
-            prefix_targets: key and value projections.
+            prefix_targets: key and value projections (on transformers models the prefix goes through the
+                attention's cache instead, see hpeft.peft.prefix).
             adapter_size: bottleneck width of the gated sequential adapter (default: width / reduction factor).
             adapter_reduction_factor: width / bottleneck, when adapter_size is not given.
-            adapter_targets: where the adapter goes (after the FFN).
+            adapter_targets: where the adapter goes: after the FFN output ("role:ffn", see hpeft.peft.placement).
             layers: only these layer indices.
         """
         super().__init__(layers)
@@ -87,7 +89,7 @@ class MAM(Composite):
         adapter_size: int | None = None,
         adapter_reduction_factor: float = 4,
         adapter_scale: float = 4.0,
-        adapter_targets: list[str] = ["ffn"],  # noqa: B006
+        adapter_targets: list[str | dict] = ["role:ffn"],  # noqa: B006
         layers: list[int] | None = None,
     ):
         """
@@ -98,7 +100,8 @@ class MAM(Composite):
             adapter_size: parallel adapter bottleneck (default: width / reduction factor).
             adapter_reduction_factor: width / bottleneck, when adapter_size is not given.
             adapter_scale: scale s of the parallel adapter's branch (4 in the paper).
-            adapter_targets: the FFN blocks the adapter sits beside.
+            adapter_targets: the FFN the adapter sits beside: "role:ffn", the FFN module or the span from the FFN input
+                linear's input to its output linear's output (BART: fc1->fc2), per family (see hpeft.peft.placement).
             layers: only these layer indices.
         """
         super().__init__(layers)
@@ -129,7 +132,7 @@ class LoRAAdapter(Composite):
         adapter_kind: str = "pfeiffer",
         adapter_size: int | None = None,
         adapter_reduction_factor: float = 16,
-        adapter_targets: list[str] | None = None,
+        adapter_targets: list[str | dict] | None = None,
         share_adapters: bool = False,
         layers: list[int] | None = None,
     ):

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, is_transposed_linear, layer_index, linear_dims, raw_module, require_unstacked, weight_options
+from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, is_transposed_linear, layer_index, linear_dims, raw_module, weight_options
+from hpeft.peft.delta_merge import DeltaMerge
 from hpeft.peft.gating import Gate
 from hpeft.peft.lora_fused import fusable, fused_lora_linear
 
 
-class LoRALinear(PeftLayer):
+class LoRALinear(DeltaMerge, PeftLayer):
     method = "lora"
     level = 0
 
@@ -42,8 +43,9 @@ class LoRALinear(PeftLayer):
     def mergeable(self) -> bool:
         return self.gate is None  # a gate depends on the input, so a gated update has no fixed weight
 
-    def delta_weight(self) -> torch.Tensor:
-        return (self.lora_B @ self.lora_A) * self.scaling
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(alpha / r) B A, [out, in], computed in `dtype` (default: the parameters')."""
+        return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.merged and self.gate is None and self.fused and fusable(self.base_layer, x, self.lora_A):
@@ -59,32 +61,9 @@ class LoRALinear(PeftLayer):
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B * self.scaling)
         return y + (self.gate(x) * update if self.gate is not None else update)
 
-    @torch.no_grad()
-    def _shift(self, sign: float) -> None:
+    def check_mergeable(self) -> None:
         if self.gate is not None:
             raise ValueError("a gated LoRA layer cannot be merged: its gate depends on the input")
-        require_unstacked(self)
-        if not self.base_layer.weight.is_floating_point():
-            raise ValueError("LoRA cannot merge into quantised weights; dequantize the base first "
-                             "(hpeft.models.quantize.dequantize) and merge into its full-precision weights")
-        # In float32 at least (float64 weights stay float64), so that unmerge restores bf16/fp16 weights as
-        # closely as it can.
-        w = self.base_layer.weight
-        work = torch.promote_types(w.dtype, torch.float32)
-        delta = (self.lora_B.to(work) @ self.lora_A.to(work)) * self.scaling
-        delta = delta.T if is_transposed_linear(self.base_layer) else delta
-        w.copy_((w.to(work) + sign * delta).to(w.dtype))
-
-    def merge(self) -> None:
-        """Fold B A into the base weight (outputs unchanged); `unmerge` undoes it."""
-        if not self.merged:
-            self._shift(1.0)
-            self.merged = True
-
-    def unmerge(self) -> None:
-        if self.merged:
-            self._shift(-1.0)
-            self.merged = False
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling:g}, merged={self.merged}"

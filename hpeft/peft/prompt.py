@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hpeft.peft.core import MethodSpec, PeftLayer, raw_module, weight_options
+from hpeft.peft.core import MethodSpec, PeftLayer, find_transformers_model, raw_module, weight_options
 
 INITS = ("random", "vocab")
 
@@ -82,9 +82,13 @@ class Prompt(MethodSpec):
         return PromptLayer(module, self.length, self.init, self.init_std)
 
     def after_apply(self, model: nn.Module, layers: list[tuple[str, PeftLayer]]) -> None:
-        get_input = getattr(model, "get_input_embeddings", None)
-        if get_input is None:
+        # The hook goes on the transformers model, which may sit inside hpeft's wrapper (the lm task's
+        # CausalLMLogits): hooked on the wrapper, GPT-2 took its length from input_ids and the mask stayed short.
+        found = find_transformers_model(model)
+        if found is None:
             return
+        model = found[1]
+        get_input = model.get_input_embeddings
         config = getattr(model, "config", None)
         encoder_decoder = getattr(config, "is_encoder_decoder", False)
         inputs = [get_input()]

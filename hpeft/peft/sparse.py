@@ -54,7 +54,7 @@ class SparseAdapter(Adapter):
         size: int | None = None,
         reduction_factor: float = 4,
         activation: str = "relu",
-        targets: list[str] | None = None,
+        targets: list[str | dict] | None = None,
         layers: list[int] | None = None,
     ):
         """
@@ -64,7 +64,7 @@ class SparseAdapter(Adapter):
             size: bottleneck width; defaults to the output width / reduction_factor (large: 4).
             reduction_factor: output width / bottleneck width, when size is not given.
             activation: non-linearity between the projections.
-            targets: module-name patterns; defaults to the kind's places.
+            targets: module-name patterns, roles or spans (see Adapter); defaults to the kind's places.
             layers: only modules of these layer indices.
         """
         if not 0.0 <= sparsity < 1.0:
