@@ -81,17 +81,25 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
     print_pillar_tables(info.get("hparams") or {}, info["backbone"], console)
     f = info["flops"]
     console.print(f"FLOPs per sample: forward {f['forward_per_sample']:,}, train step {f['train_step_per_sample']:,}")
+    plain = {"markup": False, "highlight": False, "soft_wrap": True}  # paths and names as they are, on one line
+    if info.get("weights"):
+        console.print(f"Weights: {info['weights']}", **plain)
+    data = info.get("data") or {}
+    if data.get("tokenizer_loaded") is False:
+        console.print(f"Tokenizer {data['tokenizer']!r} not loaded ({data['tokenizer_missing']}): vocabulary of "
+                      f"{data['vocab_size']:,} tokens from {data['vocab_source']}", **plain)
 
 
 def inspect_command(argv: list[str]) -> None:
-    from hpeft.lightning_cli import BuildOnlyCLI
+    from hpeft.lightning_cli import InspectCLI
 
     as_json = "--json" in argv
-    # Counts and FLOPs do not depend on weight values, so the base checkpoint is not loaded: a transfer
-    # config can be inspected before its base has been pretrained.
-    cli = BuildOnlyCLI([a for a in argv if a != "--json"] + ["--model.init_args.base_checkpoint", "null"])
+    # Counts and FLOPs do not depend on weight values, so no weights are loaded (InspectCLI): a transfer config
+    # can be inspected before its base has been pretrained, a cluster config without its checkpoint.
+    cli = InspectCLI([a for a in argv if a != "--json"])
     info = inspect_model(cli.model)
-    info["weights"] = "not loaded: counts and FLOPs do not depend on them"
+    skipped = f" ({', '.join(cli.skipped)})" if cli.skipped else ""
+    info["weights"] = f"not loaded{skipped}: counts and FLOPs do not depend on them; the architecture is randomly initialised"
     if hasattr(cli.datamodule, "describe"):
         info["data"] = cli.datamodule.describe(load=False)  # inspect reads and writes no data
     if as_json:

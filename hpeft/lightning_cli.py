@@ -304,3 +304,63 @@ class BuildOnlyCLI(HpeftCLI):
     def instantiate_trainer(self, **kwargs):
         return None
 
+
+
+class InspectCLI(BuildOnlyCLI):
+    """BuildOnlyCLI for `hpeft inspect`: the architecture a config declares, built without the config's files.
+    No weights are loaded (a base_checkpoint, a Mamba's pretrained checkpoint, a hub model's weights: counts and
+    FLOPs do not depend on them; the architecture is randomly initialised), and a tokenizer that is not here is
+    stood in by the model's declared vocabulary. `skipped` names the weights that were not loaded."""
+
+    def instantiate_classes(self) -> None:
+        from hpeft.data.text import tokenizer_optional
+        from hpeft.models.backbone import architecture_only
+
+        model = self.config.model
+        init = model.init_args
+        if "backbone" not in init:  # an Ensemble: its members' architectures are in their runs, not in this config
+            members = ", ".join(map(str, init.get("members") or []))
+            fail(f"model: {model.class_path} combines finished runs ({members}) and declares no architecture of its "
+                 f"own; hpeft inspect builds a config's backbone: inspect the config each member was fitted with "
+                 f"(its run's config.yaml)")
+        self.skipped: list[str] = []
+        if init.get("base_checkpoint"):
+            self.skipped.append(f"base_checkpoint={init.base_checkpoint!r}")
+            init.base_checkpoint = None  # not even looked for: a transfer config before its base is pretrained
+        backbone = declared_backbone(init.get("backbone"))
+        if getattr(backbone, "pretrained", None):
+            self.skipped.append(f"pretrained={backbone.pretrained!r}")
+        if getattr(backbone, "model", None):
+            self.skipped.append(f"the weights of model={backbone.model!r}")
+        with architecture_only():
+            try:  # before the data module, which needs the vocabulary when its tokenizer is not here
+                vocab, source = declared_vocab(backbone)
+            except ValueError as err:  # a hub model whose config.json cannot be had now
+                fail(f"model: backbone: {err}")
+            with tokenizer_optional(vocab, source):
+                super().instantiate_classes()
+
+
+def declared_backbone(backbone):
+    """The backbone config object of a parsed config's `backbone` (None where there is none or its values are
+    bad: those are reported, under their keys, when the model is built)."""
+    from lightning.pytorch.cli import instantiate_class
+
+    try:
+        return None if backbone is None else instantiate_class((), backbone.as_dict())
+    except (ValueError, TypeError):
+        return None
+
+
+def declared_vocab(backbone) -> tuple[int | None, str]:
+    """The vocabulary size a backbone's config declares, and where (None: it takes the data's, and the text says
+    why). A hub model's comes from its config.json, which raises ValueError where it cannot be had now."""
+    from hpeft.models import HFCausalLMConfig, MambaConfig
+
+    if isinstance(backbone, MambaConfig):
+        return backbone.vocab_size, "MambaConfig.vocab_size" + ("" if backbone.vocab_size else " is not set")
+    if isinstance(backbone, HFCausalLMConfig):
+        where = "the model's config" if backbone.config is not None else f"{backbone.model}'s config.json"
+        vocab = getattr(backbone.hf_config(), "vocab_size", None)
+        return vocab, f"vocab_size in {where}" + ("" if vocab else " (none there)")
+    return None, f"{'the default backbone' if backbone is None else type(backbone).__name__} declares none"

@@ -208,11 +208,12 @@ def test_predict_keeps_its_estimates_in_the_run(tmp_path, cache_dir):
 
 
 def test_cluster_config_without_its_local_files_names_the_missing_one(tmp_path):
-    """configs/mamba/lm130m_all.yaml names checkpoints/mamba-130m-hf for its tokenizer: without that folder the
-    error says where it looked, under the config key, instead of jsonargparse's namespace dump."""
+    """configs/mamba/lm130m_all.yaml names checkpoints/mamba-130m-hf for its tokenizer: without that folder fit's
+    error says where it looked, under the config key, instead of jsonargparse's namespace dump. (inspect needs no
+    tokenizer: tests/test_inspect_cluster.py.)"""
     from tests.conftest import REPO
 
-    result = run_hpeft(["inspect", "--config", str(REPO / "configs/mamba/lm130m_all.yaml")], tmp_path,
+    result = run_hpeft(["fit", "--config", str(REPO / "configs/mamba/lm130m_all.yaml"), "--dry_run", "true"], tmp_path,
                        env={"HF_HUB_OFFLINE": "1"})  # no hub here; offline, transformers fails at once
     assert result.returncode == 2, result.stderr[-2000:]
     assert "data: tokenizer='checkpoints/mamba-130m-hf' not found: no local folder" in result.stderr

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hpeft.inspection import inspect_command
 from tests.config_standins import with_standins
@@ -58,6 +59,14 @@ def test_config_builds_and_counts(config: Path, capsys, tmp_path, monkeypatch):
     expected = expected_trainable(info["variant"], hp, b)
     if expected is not None:
         assert p["trainable"] == expected
+    if config.parent.name == "channel":  # the cluster configs: the declared base, without its base_checkpoint
+        declared = yaml.safe_load(config.read_text())
+        d, model = declared["data"]["init_args"], declared["model"]["init_args"]
+        arch = model["backbone"]["init_args"]
+        grid = (14, 12 * d["num_prbs"])
+        assert p["base"] == expected_params(grid, arch["tokens"], arch["d_model"], arch["layers"], arch["d_ff"])
+        if model.get("base_checkpoint"):
+            assert f"base_checkpoint={model['base_checkpoint']!r}" in info["weights"]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data_cache").exists()
 
 
@@ -77,8 +86,6 @@ def test_seed_scale_base_matches_the_seed_study_shape(capsys):
 
 
 def test_ensemble_configs_name_two_members_of_runs():
-    import yaml
-
     assert ENSEMBLES
     for config in ENSEMBLES:
         members = yaml.safe_load(config.read_text())["model"]["init_args"]["members"]

@@ -36,12 +36,16 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 import torch
 from torch.utils.data import Dataset
+
+from hpeft.utils.hub import local_first
 
 from .cache import TensorCache, cache_key
 from .loaders import SplitLoaders, check_shuffle_seed
@@ -59,6 +63,37 @@ ROW_BATCH = 256  # dataset rows per tokenizer call (a pg19 row is a whole book)
 # Hugging Face split names accepted for each of our splits, in order of preference.
 HF_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"), "test": ("test",)}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# (vocab_size, where it is declared) inside tokenizer_optional(); None outside.
+_VOCAB_STANDIN: ContextVar[tuple[int | None, str] | None] = ContextVar("vocab_standin", default=None)
+
+
+@contextmanager
+def tokenizer_optional(vocab_size: int | None, source: str) -> Iterator[None]:
+    """Inside, a Hugging Face tokenizer that is not here (no local folder, not in the Hugging Face cache, and the
+    hub cannot be reached or does not give it) is stood in by a vocabulary of `vocab_size` tokens, the model's
+    declared one (`source` says where), and an unreachable hub is not waited for (hpeft.utils.hub): `hpeft inspect`
+    needs only the vocabulary's size. With vocab_size None such a tokenizer fails at once, with where it looked."""
+    token = _VOCAB_STANDIN.set((vocab_size, source))
+    try:
+        yield
+    finally:
+        _VOCAB_STANDIN.reset(token)
+
+
+class VocabOnly:
+    """What tokenizer_optional() stands in for a tokenizer that is not here: its vocabulary size, no encoding."""
+
+    def __init__(self, name: str, size: int, source: str, missing: str):
+        self.name, self.size, self.source, self.missing = name, size, source, missing
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"tokenizer={self.name!r} was not loaded ({self.missing}): only its vocabulary size, "
+                           f"{self.size} from {self.source}, stands in, for hpeft inspect; it encodes no text")
+
+    decode = __call__
 
 
 # ---------------------------------------------------------------------------------------------- small helpers
@@ -421,6 +456,8 @@ class TextDataModule(SplitLoaders, L.LightningDataModule):
             "scenario": self.source_name,
             "tokenizer": self.tokenizer_name,
             "vocab_size": self.vocab_size,
+            **({"tokenizer_loaded": False, "tokenizer_missing": self.tokenizer.missing,
+                "vocab_source": self.tokenizer.source} if isinstance(self.tokenizer, VocabOnly) else {}),
             "seq_len": self.seq_len,
             **counts,
             "max_tokens": self.max_tokens,
@@ -669,19 +706,39 @@ def _load_tokenizer(name: str):
     looks_local = path.exists() or name.startswith(("/", "./", "../", "~", ".")) or not _HUB_ID.match(name)
     valid = "valid: 'byte', a local folder saved with save_pretrained (holding tokenizer.json or " \
             "tokenizer_config.json), or a Hugging Face hub name such as 'gpt2'"
+    standin = _VOCAB_STANDIN.get()
     if looks_local:
         if not path.exists():
+            if standin is not None:
+                return _stand_in(name, f"no such file or folder {path.resolve()}", *standin)
             raise FileNotFoundError(f"tokenizer={name!r} not found: no such file or folder ({path.resolve()}); {valid}")
         if not path.is_dir():
             raise ValueError(f"tokenizer={name!r} is a file, not a tokenizer folder; {valid}")
     from transformers import AutoTokenizer
 
+    target = str(path) if looks_local else name
     try:
-        return AutoTokenizer.from_pretrained(str(path) if looks_local else name)
+        if standin is None:
+            return AutoTokenizer.from_pretrained(target)
+        tokenizer = local_first(AutoTokenizer.from_pretrained, target)  # None: not here, and the hub cannot be reached
     except (OSError, ValueError, KeyError, TypeError) as e:
         if looks_local:
             raise ValueError(f"tokenizer={name!r} (local folder) could not be loaded: {e}; {valid}") from e
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if standin is not None:  # a hub that answers but has no such repo, or a gated one: not here either
+            return _stand_in(name, f"no local folder {path.resolve()}, not in the Hugging Face cache, and the hub "
+                                   f"did not give it: {reason}", *standin)
         # A cluster config's 'checkpoints/NAME' is also a valid hub id: say both places were looked in.
         raise ValueError(f"tokenizer={name!r} not found: no local folder {path.resolve()}, and as a Hugging Face "
                          f"hub name it could not be loaded ({reason}); {valid}") from e
+    if tokenizer is None:
+        missing = f"no local folder {path.resolve()}, not in the Hugging Face cache, and the hub cannot be reached"
+        return _stand_in(name, missing, *standin)
+    return tokenizer
+
+
+def _stand_in(name: str, missing: str, vocab_size: int | None, source: str) -> VocabOnly:
+    if vocab_size is None:
+        raise ValueError(f"tokenizer={name!r} is not here ({missing}), and the model declares no vocabulary to stand in "
+                         f"for it ({source}); give the tokenizer (a local folder), or the model's vocab_size")
+    return VocabOnly(name, vocab_size, source, missing)

@@ -5,8 +5,29 @@ hyperparameter (and `hpeft inspect` count parameters) before any data is generat
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from torch import nn
+
+_ARCHITECTURE_ONLY = ContextVar("architecture_only", default=False)
+
+
+@contextmanager
+def architecture_only() -> Iterator[None]:
+    """Backbones built inside load no pretrained weights: they build the architecture their config declares,
+    randomly initialised (a Mamba's `pretrained` is not read, a hub model is built from its config.json alone).
+    For `hpeft inspect`: parameter counts and FLOPs do not depend on weight values."""
+    token = _ARCHITECTURE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _ARCHITECTURE_ONLY.reset(token)
+
+
+def building_architecture_only() -> bool:
+    return _ARCHITECTURE_ONLY.get()
 
 
 class BackboneConfig:

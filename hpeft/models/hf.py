@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hpeft.models.backbone import BackboneConfig
+from hpeft.models.backbone import BackboneConfig, building_architecture_only
+from hpeft.utils.hub import local_first
 
 
 class CausalLMLogits(nn.Module):
@@ -18,7 +19,9 @@ class CausalLMLogits(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids).logits
+        logits = self.model(input_ids=input_ids).logits
+        # A soft prompt (hpeft.peft.Prompt) adds leading positions; the task scores the input's own tokens.
+        return logits[:, -input_ids.shape[1]:]
 
 
 class HFCausalLMConfig(BackboneConfig):
@@ -45,17 +48,32 @@ class HFCausalLMConfig(BackboneConfig):
     def model_name(self) -> str:
         return self.model or f"{self.config['model_type']} (random init)"
 
-    def _hf_config(self):
+    def hf_config(self):
+        """The transformers config: from `config`, else the model's config.json (by name: the hub's)."""
         from transformers import AutoConfig
 
         if self.config is not None:
             extra = {k: v for k, v in self.config.items() if k != "model_type"}
             return AutoConfig.for_model(self.config["model_type"], **extra)
-        return AutoConfig.from_pretrained(self.model)
+        if not building_architecture_only():
+            return AutoConfig.from_pretrained(self.model)
+        # `hpeft inspect` needs only config.json and must answer at once: a local folder or the Hugging Face cache
+        # first, the hub only where it answers (hpeft.utils.hub), not transformers' 30 s of retries.
+        try:
+            config = local_first(AutoConfig.from_pretrained, self.model)
+            why = "it is neither a local folder nor in the Hugging Face cache, and the hub cannot be reached"
+        except (OSError, ValueError) as err:  # a local folder without one, or the hub refused (gated, unknown repo)
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            config, why = None, f"it could not be loaded ({reason})"
+        if config is None:
+            raise ValueError(f"model={self.model!r}: hpeft inspect builds the architecture from its config.json, but "
+                             f"{why}; get it with `huggingface-cli download {self.model} config.json --local-dir DIR` "
+                             f"and set model: DIR, or give the architecture as config: {{model_type: ..., ...}}")
+        return config
 
     def check(self, data_shape: tuple[int, int]) -> None:
         seq_len, vocab = data_shape
-        config = self._hf_config()
+        config = self.hf_config()
         if getattr(config, "vocab_size", vocab) < vocab:
             raise ValueError(f"the model's vocab_size={config.vocab_size} is smaller than the data's {vocab} tokens; "
                              f"use a tokenizer that matches the model (or a config with vocab_size >= {vocab})")
@@ -67,8 +85,8 @@ class HFCausalLMConfig(BackboneConfig):
         from transformers import AutoModelForCausalLM
 
         dtype = getattr(torch, self.dtype)
-        if self.config is not None:
-            model = AutoModelForCausalLM.from_config(self._hf_config(), dtype=dtype)
+        if self.config is not None or building_architecture_only():  # random init of the declared architecture
+            model = AutoModelForCausalLM.from_config(self.hf_config(), dtype=dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype)
         return CausalLMLogits(model)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hpeft.models.backbone import BackboneConfig
+from hpeft.models.backbone import BackboneConfig, building_architecture_only
 from hpeft.models.scan import IMPLS, check_impl, cuda_unavailable_reason, selective_scan
 from hpeft.models.scan_order import ALIASES, FUSES, ORDERS_1D, ORDERS_2D, ScanPath, parse_order
 
@@ -374,7 +374,7 @@ class MambaConfig(BackboneConfig):
         if in_channels == 0:
             model = MambaLM(self.vocab_size or data_shape[1], self.d_model, self.layers, self.mixer_args(),
                             self.norm_eps, self.tie_embeddings)
-            if self.pretrained:
+            if self.pretrained and not building_architecture_only():  # `hpeft inspect`: the declared architecture
                 load_transformers_checkpoint(model, self.pretrained)
             return model
         return MambaChannel(data_shape, (self.patch_symbols, self.patch_subcarriers), self.d_model, self.layers,
