@@ -357,9 +357,19 @@ def resolve_placements(model: nn.Module, spec: MethodSpec, where: dict[str, str]
     naming them (see mixed_kinds). A module selected twice is placed once, by its first target."""
     from hpeft.peft.span import Span
 
+    from hpeft.peft.placement import read_directly
+
     where = positions(model) if where is None else where
+    what, unwrappable = read_directly(model)
     selected: dict[str, Placement] = {}
     for label, parts, hits in target_placements(model, spec, where):
+        bypassed = [p.name for p in hits if any(match(u, p.name) for u in unwrappable)]
+        if bypassed and all(isinstance(part, str) and is_wildcard(part) for part in parts):
+            hits = [p for p in hits if p.name not in bypassed]  # a wide pattern (BitFit's "*") leaves them out
+        elif bypassed:
+            raise PlacementError(f"{spec.name} target {label!r} selects {_abbreviate(bypassed, 4)}, whose weights {what} "
+                                 f"reads directly instead of calling the module: a method there would never run; "
+                                 f"leave out {', '.join(unwrappable)} (or use hpeft's own model, which calls them)")
         if not hits:
             raise ValueError(_no_match_message(model, spec, label, parts, where))
         for part in parts:

@@ -99,6 +99,22 @@ FAMILIES: tuple[Family, ...] = (
 )
 GENERIC = Family("generic", roles={"attn": "attn", "ffn": "ffn"})
 
+# Modules whose weights a transformers model reads itself (`self.dt_proj.weight @ x`, `F.conv1d(x,
+# self.conv1d.weight, ...)`) instead of calling the module: a method wrapped around one would never run, and
+# its parameters would train nothing. By model_type; hpeft's own Mamba calls its modules.
+READ_DIRECTLY: dict[str, tuple[str, ...]] = {
+    "mamba": ("mixer.conv1d", "mixer.dt_proj"),
+}
+
+
+def read_directly(model: nn.Module) -> tuple[str, tuple[str, ...]]:
+    """(what the model is, for messages; the patterns of modules it reads the weights of directly)."""
+    for module in model.modules():
+        model_type = getattr(getattr(module, "config", None), "model_type", None)
+        if isinstance(model_type, str) and hasattr(module, "base_model_prefix"):
+            return f"transformers' {type(module).__name__}", READ_DIRECTLY.get(model_type, ())
+    return type(model).__name__, ()
+
 
 def detect_family(model: nn.Module) -> tuple[Family | None, str]:
     """The model's family (None if hpeft does not know it) and what identified it, for messages: the first
