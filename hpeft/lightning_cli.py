@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from hpeft.train.checkpoint_io import AtomicCheckpointIO
+from hpeft.train.device_checks import accelerator_problem, device_bf16, precision_problem
 from hpeft.train.efficiency import EfficiencyMeter
 from hpeft.train.model_summary import HpeftModelSummary
 from hpeft.train.exact_resume import StepCheckpoint
@@ -262,8 +263,13 @@ class HpeftCLI(LightningCLI):
         strategy = config.get("strategy")  # a configured strategy object may carry its own checkpoint IO
         if not any(isinstance(p, CheckpointIO) for p in plugins) and getattr(strategy, "_checkpoint_io", None) is None:
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        if problem := accelerator_problem(config.get("accelerator")):
+            fail(problem)
         try:
             trainer = super()._instantiate_trainer(config, callbacks)
+            device, bf16 = device_bf16(trainer.strategy.root_device)
+            if problem := precision_problem(config.get("precision"), device, bf16):
+                fail(problem)
             # Lightning compares a SLURM allocation with num_nodes x devices only when it launches, after the run
             # directory exists; the same check, here, refuses it before anything is written.
             if (environment := getattr(trainer.strategy, "cluster_environment", None)) is not None:
