@@ -1,7 +1,8 @@
 """`hpeft export --run RUN_DIR --format hf-peft|merged --out DIR`: a run's result in a format other tools load.
 
     hf-peft  the adapter as HF peft writes it (adapter_config.json + adapter_model.safetensors), for
-             peft.PeftModel.from_pretrained(base, DIR); LoRA, IA3 or prompt tuning only (hpeft.peft.hf_interop)
+             peft.PeftModel.from_pretrained(base, DIR); LoRA, DoRA, IA3, VeRA, prompt tuning or a decoder-only
+             LM's prefix tuning only (hpeft.peft.hf_interop)
     merged   the adapter folded into the base weights (peft.merge), saved with save_pretrained: a full checkpoint
              for AutoModelForCausalLM.from_pretrained(DIR); only methods that merge (LoRA, IA3, BitFit, ...)
 
@@ -126,7 +127,8 @@ def write_merged(run: Path, module, directory: Path) -> None:
     left = sorted({f"{layer.method} ({type(layer).__name__})" for _, layer in peft.peft_layers(module.model)})
     if left:
         fail(f"run {run} cannot be exported merged: {', '.join(left)} cannot be folded into the base weights; "
-             "--format hf-peft holds LoRA, IA3 or prompt tuning, and other methods need hpeft itself (peft.load)")
+             "--format hf-peft holds LoRA, DoRA, IA3, VeRA, prompt tuning or a decoder-only LM's prefix tuning, and "
+             "other methods need hpeft itself (peft.load)")
     transformers_model(module.model)[1].save_pretrained(str(directory))
 
 

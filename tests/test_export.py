@@ -128,6 +128,31 @@ def test_export_hf_peft_loads_in_hf_peft_with_the_run_logits(run_dir, tmp_path, 
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("method,peft_type", [
+    ({"class_path": "hpeft.peft.DoRA", "init_args": {"rank": 2, "alpha": 4, "targets": ["c_attn", "c_fc"]}}, "LORA"),
+    ({"class_path": "hpeft.peft.VeRA", "init_args": {"rank": 8, "targets": ["c_attn", "c_fc"], "projection_seed": 3}}, "VERA"),
+    ({"class_path": "hpeft.peft.Prefix", "init_args": {"length": 3}}, "PREFIX_TUNING"),
+], ids=["dora", "vera", "prefix"])
+def test_export_hf_peft_holds_dora_vera_and_prefix_runs(method, peft_type, run_dir, tmp_path, capsys):
+    tree = yaml.safe_load((run_dir / "config.yaml").read_text())
+    tree["model"] = {"class_path": "hpeft.Hybrid", "init_args": {
+        "task": "lm", "backbone": tree["model"]["init_args"]["backbone"], "methods": [method]}}
+    run = make_run(tmp_path / "run", {k: v for k, v in tree.items() if k not in ("ckpt_path", "weights_only")})
+    status, err = export(["--run", str(run), "--format", "hf-peft", "--out", str(tmp_path / "adapter")], capsys)
+    assert status == 0, err
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == peft_type
+    module = build_run_model(run, yaml.safe_load((run / "config.yaml").read_text()))
+    hf = hf_peft.PeftModel.from_pretrained(peft.remove(copy.deepcopy(module.model)).model, str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        expected, plain = module.model(ids()), peft.remove(copy.deepcopy(module.model))(ids())
+        got = hf(input_ids=ids()).logits
+    assert not torch.allclose(expected, plain, atol=1e-4)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    if peft_type == "PREFIX_TUNING":  # a prefix does not merge; the refusal points to hf-peft
+        status, err = export(["--run", str(run), "--format", "merged", "--out", str(tmp_path / "m")], capsys)
+        assert status == 2 and "prefix (PrefixCacheLayer) cannot be folded" in err and "prefix tuning" in err, err
+
+
 def test_export_merged_is_a_transformers_checkpoint_with_the_run_logits(run_dir, tmp_path, capsys):
     out = tmp_path / "merged"
     out.mkdir()  # an empty folder is replaced
