@@ -8,8 +8,9 @@ Each cluster config (configs/channel/*, configs/mamba/lm130m_*, configs/llm/gemm
 here (base_checkpoint / pretrained left out). What changes is only what this machine cannot have or afford: hub
 text becomes local text with the byte tokenizer (token ids stay inside the model's vocabulary), a channel data set
 holds a few batches of the configured grid instead of 16k samples, an LM batch is 1 x 256 tokens instead of the
-configured batch and sequence, and precision is fp32 (the CPU's bf16 autocast is slower). Gemma-3-1b's
-architecture exists only as the hub's config.json, so its configs are reported as needing the hub.
+configured batch and sequence, and precision is fp32 (the CPU's bf16 autocast is slower). A hub model (Gemma-3-1b)
+is built from the architecture hpeft ships for it (hpeft/models/architectures), randomly initialised; an ensemble
+config is not run (its members are).
 
 Per config: measured seconds per step and samples/s, peak memory, the FLOPs of one training step per sample
 (hpeft's count, summary.json) and the projected time of the configured run on a GPU that sustains GPU_TFLOPS
@@ -32,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import DEFAULT_OUT, REPO, log
+from hpeft.models.architectures import shipped_architecture
 from hpeft.utils.atomic import atomic_write_json
 
 FAMILIES = {"channel": "configs/channel/*.yaml", "mamba": "configs/mamba/lm130m_*.yaml", "llm": "configs/llm/gemma3_*.yaml"}
@@ -44,8 +46,14 @@ def plan(config: Path, steps: int, workdir: Path) -> tuple[list[str] | None, dic
     init, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
     trainer = cfg.get("trainer") or {}
     backbone = init.get("backbone", {}).get("init_args", {})
-    if cfg["model"]["class_path"] == "hpeft.Ensemble" or "model" in backbone:
-        return None, {"why": "the architecture comes from the hub (google/gemma-3-1b-it's config.json)"}
+    if cfg["model"]["class_path"] == "hpeft.Ensemble":
+        return None, {"why": "an ensemble of finished runs: its members' configs are measured instead"}
+    if "model" in backbone:  # a hub model: its architecture as hpeft ships it, randomly initialised, in fp32
+        architecture = shipped_architecture(backbone["model"])
+        if architecture is None:
+            return None, {"why": f"the architecture comes from the hub ({backbone['model']}'s config.json)"}
+        backbone.pop("model")
+        backbone.update(config=architecture, dtype="float32")
     common = ["--trainer.max_steps", str(steps), "--trainer.max_epochs", "1", "--trainer.precision", "32-true",
               "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.limit_val_batches", "1",
               "--trainer.val_check_interval", str(steps), "--trainer.check_val_every_n_epoch", "null",

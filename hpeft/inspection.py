@@ -100,6 +100,8 @@ def inspect_command(argv: list[str]) -> None:
     info = inspect_model(cli.model)
     skipped = f" ({', '.join(cli.skipped)})" if cli.skipped else ""
     info["weights"] = f"not loaded{skipped}: counts and FLOPs do not depend on them; the architecture is randomly initialised"
+    if source := getattr(cli.model.backbone_config, "architecture_source", None):  # the hub was not reachable
+        info["weights"] += f", from {source}"
     if hasattr(cli.datamodule, "describe"):
         info["data"] = cli.datamodule.describe(load=False)  # inspect reads and writes no data
     if as_json:

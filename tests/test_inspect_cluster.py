@@ -1,6 +1,7 @@
 """`hpeft inspect` on the cluster configs without their checkpoints and tokenizers (none of which are here): the
 architecture each config declares, randomly initialised, with the model's declared vocabulary where the
-tokenizer is missing; a hub model whose config.json cannot be had fails at once, in one line that says how to
+tokenizer is missing; a hub model's architecture from hpeft's copy of its config.json where the hub is out of
+reach (hpeft/models/architectures), and one hpeft ships none for fails at once, in one line that says how to
 get it. (The channel configs' declared bases are checked in tests/test_configs.py, which inspects every config.)"""
 
 import json
@@ -22,7 +23,6 @@ from tests.test_seed_scale import mamba_params
 SLOW = {"lm130m_all", "lm130m_base", "lm130m_p2", "lm130m_p3"}
 MAMBA = [pytest.param(c, id=c.stem, marks=[pytest.mark.slow] if c.stem in SLOW else [])
          for c in sorted((REPO / "configs/mamba").glob("lm130m_*.yaml"))]
-GEMMA = sorted(c for c in (REPO / "configs/llm").glob("gemma3_1b_*.yaml") if "hpeft.Ensemble" not in c.read_text())
 # No Hugging Face cache and a hub that refuses at once: the same answer on a machine with the hub and a token.
 NO_HUB = {"HF_HOME": "{tmp}/hf", "HF_ENDPOINT": "http://127.0.0.1:9"}
 
@@ -75,21 +75,37 @@ def test_hub_model_inspects_from_its_config_json_alone(capsys, tmp_path, monkeyp
     assert info["data"]["vocab_source"] == f"vocab_size in {tmp_path / 'tiny'}'s config.json"
 
 
+@pytest.mark.slow  # builds the 1B model and counts the FLOPs of one step: about a minute here
+def test_gemma_config_inspects_from_the_architecture_hpeft_ships(capsys, tmp_path, monkeypatch):
+    """google/gemma-3-1b-it's config.json is neither here nor reachable: hpeft's copy of its architecture builds the
+    published model (999,885,952 parameters) with the config's LoRA (r 16 on every projection) on it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    info = inspect_json(REPO / "configs/llm/gemma3_1b_qlora.yaml", capsys, "--data.init_args.seq_len", "64")
+    d, q, kv, ff, layers, r = 1152, 4 * 256, 256, 6912, 26, 16  # hidden, query heads x head_dim, key/value, MLP
+    lora = layers * r * ((d + q) * 2 + (d + kv) * 2 + (d + ff) * 3)  # q, o; k, v; gate, up, down
+    assert info["params"]["base"] == 999_885_952 and info["params"]["trainable"] == lora == 13_045_760
+    assert "hpeft's copy of google/gemma-3-1b-it's config.json" in info["weights"]
+    assert info["data"]["vocab_size"] == 262144
+
+
 def one_error_line(result) -> str:
     errors = [line for line in result.stderr.splitlines() if line.startswith("hpeft: error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     return errors[0]
 
 
-@pytest.mark.parametrize("config", GEMMA, ids=lambda c: c.stem)
-def test_gemma_config_fails_at_once_saying_how_to_get_its_config_json(config, tmp_path):
+def test_a_hub_model_hpeft_ships_no_architecture_for_fails_at_once_saying_how_to_get_its_config_json(tmp_path):
+    """gemma3_1b_qlora.yaml on a model whose architecture hpeft does not ship (hpeft/models/architectures)."""
+    config = tmp_path / "gemma3_4b.yaml"
+    config.write_text((REPO / "configs/llm/gemma3_1b_qlora.yaml").read_text().replace("google/gemma-3-1b-it", "google/gemma-3-4b-it"))
     started = time.perf_counter()
     result = run_hpeft(["inspect", "--config", str(config)], tmp_path,
                        env={k: v.format(tmp=tmp_path) for k, v in NO_HUB.items()})
     assert time.perf_counter() - started < 10  # no retries of the hub (transformers': about 30 s)
     error = one_error_line(result)
-    assert "model='google/gemma-3-1b-it'" in error and "config.json" in error
-    assert "huggingface-cli download google/gemma-3-1b-it config.json --local-dir DIR" in error
+    assert "model='google/gemma-3-4b-it'" in error and "config.json" in error
+    assert "huggingface-cli download google/gemma-3-4b-it config.json --local-dir DIR" in error
 
 
 def test_ensemble_config_says_its_architecture_is_in_its_members_runs(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hpeft.models.architectures import shipped_architecture
 from hpeft.models.backbone import BackboneConfig, building_architecture_only
 from hpeft.utils.hub import local_first
 
@@ -65,6 +66,9 @@ class HFCausalLMConfig(BackboneConfig):
         except (OSError, ValueError) as err:  # a local folder without one, or the hub refused (gated, unknown repo)
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             config, why = None, f"it could not be loaded ({reason})"
+        if config is None and (shipped := shipped_architecture(self.model)) is not None:
+            self.architecture_source = f"hpeft's copy of {self.model}'s config.json (hpeft/models/architectures)"
+            return AutoConfig.for_model(shipped["model_type"], **{k: v for k, v in shipped.items() if k != "model_type"})
         if config is None:
             raise ValueError(f"model={self.model!r}: hpeft inspect builds the architecture from its config.json, but "
                              f"{why}; get it with `huggingface-cli download {self.model} config.json --local-dir DIR` "
