@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from hpeft.train.checkpoint_io import AtomicCheckpointIO
-from hpeft.train.device_checks import accelerator_problem, device_bf16, precision_problem
+from hpeft.train.device_checks import accelerator_problem, device_bf16, precision_problem, should_check_bf16
 from hpeft.train.efficiency import EfficiencyMeter
 from hpeft.train.model_summary import HpeftModelSummary
 from hpeft.train.exact_resume import StepCheckpoint
@@ -267,9 +267,9 @@ class HpeftCLI(LightningCLI):
             fail(problem)
         try:
             trainer = super()._instantiate_trainer(config, callbacks)
-            device, bf16 = device_bf16(trainer.strategy.root_device)
-            if problem := precision_problem(config.get("precision"), device, bf16):
-                fail(problem)
+            if should_check_bf16(config.get("precision"), trainer.strategy):
+                if problem := precision_problem(config.get("precision"), *device_bf16(trainer.strategy.root_device)):
+                    fail(problem)
             # Lightning compares a SLURM allocation with num_nodes x devices only when it launches, after the run
             # directory exists; the same check, here, refuses it before anything is written.
             if (environment := getattr(trainer.strategy, "cluster_environment", None)) is not None:

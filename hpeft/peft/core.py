@@ -159,6 +159,21 @@ class PeftLayer(nn.Module):
         return sum(p.numel() for _, p in own)
 
 
+class TransparentLayer:
+    """Mixin for a PeftLayer around a part of a transformers model that the model itself reaches into (a decoder
+    stack's `embed_tokens` and `layers`, an attention's `layer_idx`): attributes the layer lacks are those of the
+    module it wraps. Only for these: on an ordinary layer a fallback would make, e.g., an adapter around a LoRA
+    layer look mergeable."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+
 def require_unstacked(layer: "PeftLayer") -> None:
     """Merging folds into the module directly under the layer; peft.merge folds innermost layers first."""
     if isinstance(layer.base_layer, PeftLayer):
@@ -364,7 +379,8 @@ def resolve_placements(model: nn.Module, spec: MethodSpec, where: dict[str, str]
     selected: dict[str, Placement] = {}
     for label, parts, hits in target_placements(model, spec, where):
         bypassed = [p.name for p in hits if any(match(u, p.name) for u in unwrappable)]
-        if bypassed and all(isinstance(part, str) and is_wildcard(part) for part in parts):
+        wide = all(isinstance(part, str) and is_wildcard(part) for part in parts)
+        if bypassed and wide and len(bypassed) < len(hits):
             hits = [p for p in hits if p.name not in bypassed]  # a wide pattern (BitFit's "*") leaves them out
         elif bypassed:
             raise PlacementError(f"{spec.name} target {label!r} selects {_abbreviate(bypassed, 4)}, whose weights {what} "

@@ -57,9 +57,9 @@ class DoRALinear(PeftLayer):
         self.merged = False
         self._merged_norm: torch.Tensor | None = None
 
-    def delta_weight(self) -> torch.Tensor:
-        """s B A, [out, in]."""
-        return (self.lora_B @ self.lora_A) * self.scaling
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """s B A, [out, in], computed in `dtype` (default: the parameters')."""
+        return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
@@ -88,7 +88,7 @@ class DoRALinear(PeftLayer):
             raise ValueError("DoRA cannot merge into quantised weights; dequantize the base first "
                              "(hpeft.models.quantize.dequantize) and merge into its full-precision weights")
         work = torch.promote_types(w.dtype, torch.float32)
-        v = out_in(w.to(work), self.transposed) + self.delta_weight().to(work)
+        v = out_in(w.to(work), self.transposed) + self.delta_weight(work)
         # unmerge needs the norm of the unmerged weight, which the merged weight no longer tells.
         self._merged_norm = column_norm(v)
         merged = (self.magnitude.to(work) / self._merged_norm)[:, None] * v
@@ -101,8 +101,8 @@ class DoRALinear(PeftLayer):
             return
         w = self.base_layer.weight
         work = torch.promote_types(w.dtype, torch.float32)
-        factor = (self.magnitude.to(work) / self._merged_norm)[:, None]
-        base = out_in(w.to(work), self.transposed) / factor - self.delta_weight().to(work)
+        factor = (self.magnitude.to(work) / self._merged_norm.to(w.device))[:, None]  # a plain attribute: .to() skips it
+        base = out_in(w.to(work), self.transposed) / factor - self.delta_weight(work)
         w.copy_(out_in(base, self.transposed).to(w.dtype))
         self.merged, self._merged_norm = False, None
 

@@ -101,10 +101,11 @@ GENERIC = Family("generic", roles={"attn": "attn", "ffn": "ffn"})
 
 # Modules whose weights a transformers model reads itself (`self.dt_proj.weight @ x`, `F.conv1d(x,
 # self.conv1d.weight, ...)`) instead of calling the module: a method wrapped around one would never run, and
-# its parameters would train nothing. By model_type; hpeft's own Mamba calls its modules.
-READ_DIRECTLY: dict[str, tuple[str, ...]] = {
-    "mamba": ("mixer.conv1d", "mixer.dt_proj"),
-}
+# its parameters would train nothing. By model_type; hpeft's own Mamba calls its modules. Mamba's x_proj and
+# out_proj are called on the CPU but handed to mamba-ssm's fused kernel as weights on a GPU: refused as well, so
+# that a config does not train on one machine and silently not on another.
+_MAMBA_MIXER = ("mixer.conv1d", "mixer.dt_proj", "mixer.x_proj", "mixer.out_proj")
+READ_DIRECTLY: dict[str, tuple[str, ...]] = {"mamba": _MAMBA_MIXER, "falcon_mamba": _MAMBA_MIXER}
 
 
 def read_directly(model: nn.Module) -> tuple[str, tuple[str, ...]]:

@@ -21,7 +21,7 @@ import inspect
 import torch
 from torch import nn
 
-from hpeft.peft.core import MethodSpec, PeftLayer, positions, raw_module, weight_options
+from hpeft.peft.core import MethodSpec, PeftLayer, TransparentLayer, positions, raw_module, weight_options
 from hpeft.peft.gating import Gate
 from hpeft.peft.prefix_cache import _bound, decoder_stack, transformers_model
 
@@ -75,12 +75,14 @@ def encoder_attention_paths(model: nn.Module) -> list[str]:
     return [name for name, path in positions(model).items() if id(raw_module(model.get_submodule(path))) in wanted]
 
 
-class AttentionPrefixLayer(PeftLayer):
+class AttentionPrefixLayer(TransparentLayer, PeftLayer):
     """A prefix held by one attention module: [2, heads, length, head_dim] (keys, then values, as the module's
     cache holds them), optionally scaled by a gate of the attention's input (UniPELT)."""
 
     method = ""
     level = 2
+    # A decoder's gate reads the first token only (every position sees it); an encoder's pools the sequence.
+    causal = False
 
     def __init__(self, base_layer: nn.Module, length: int, gated: bool = False):
         super().__init__()
@@ -95,7 +97,7 @@ class AttentionPrefixLayer(PeftLayer):
         """The prefix keys and values for a batch of inputs x [batch, tokens, width]: [batch, heads, length, head_dim]."""
         k, v = (t.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1, -1) for t in self.prefix)
         if self.gate is not None:  # one gate value per sequence, from this attention's input
-            g = self.gate(x).unsqueeze(1)  # [batch, 1, 1, 1]
+            g = self.gate(x[:, :1] if self.causal else x).unsqueeze(1)  # [batch, 1, 1, 1]
             k, v = g * k, g * v
         return k, v
 
@@ -132,6 +134,7 @@ class PrefixCrossLayer(AttentionPrefixLayer):
     steps reuse encoder keys and prefix alike; without a cache, a one-layer cache as on the encoder."""
 
     method = "prefix_cross"
+    causal = True
 
     def forward(self, *args, **kwargs):
         from transformers import EncoderDecoderCache
@@ -195,7 +198,7 @@ class PrefixEncoder(MethodSpec):
             if not paths:
                 raise ValueError(f"prefix_encoder needs a transformers model with an encoder (T5, BART, BERT, RoBERTa); "
                                  f"{type(transformers_model(model) or model).__name__} has no encoder self-attention to prefix")
-            self.targets = paths
+            return [PrefixEncoder(length=self.length, targets=paths, gated=self.gated)]  # this spec stays reusable
         return [self]
 
     def check(self, module: nn.Module, module_name: str) -> None:

@@ -19,8 +19,8 @@ encoders) take no cache; their self-attention gets its prefix from prefix_attent
 Reparameterisation (Li & Liang 2021) is shared across layers, as in the paper and HF peft: an embedding
 [length, kv_width] through one MLP to all layers' keys and values; saving and the deployed count keep only
 the flattened table. `gated` (UniPELT) scales each layer's prefix keys and values by a learned gate of that
-layer's input, pooled over the sequence (Gate(pooled=True), as on the projection route), set on the call
-that fills the cache."""
+layer's input at the first token (pooling over the sequence, as encoders do, would let later tokens change what
+earlier positions see), set on the call that fills the cache."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import inspect
 import torch
 from torch import nn
 
-from hpeft.peft.core import MethodSpec, PeftLayer, find_transformers_model, raw_module
+from hpeft.peft.core import MethodSpec, PeftLayer, TransparentLayer, find_transformers_model, raw_module
 from hpeft.peft.gating import Gate
 from hpeft.peft.prefix import FlattenedPrefix
 
@@ -127,7 +127,7 @@ def _bound(module: nn.Module, args: tuple, kwargs: dict) -> dict:
     return arguments
 
 
-class PrefixCacheLayer(FlattenedPrefix, PeftLayer):
+class PrefixCacheLayer(TransparentLayer, FlattenedPrefix, PeftLayer):
     method = "prefix"
     level = 2
 
@@ -212,7 +212,9 @@ class PrefixCacheLayer(FlattenedPrefix, PeftLayer):
         """Before decoder layer `index` runs: scale its prefix keys and values by its gate of the layer input."""
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
-            g = self.gate[index](x).unsqueeze(1)  # [batch, 1, 1, 1]: one value per sequence
+            # One value per sequence, from its first token: a causal decoder's positions all see that one, and
+            # generate's first step has it, so no position's gate depends on tokens after it.
+            g = self.gate[index](x[:, :1]).unsqueeze(1)  # [batch, 1, 1, 1]
             layer = cache.layers[index]
             n = self.length
             layer.keys = torch.cat([g * layer.keys[:, :, :n], layer.keys[:, :, n:]], dim=2)
@@ -258,11 +260,12 @@ class PrefixCache(MethodSpec):
         self.length, self.reparam_hidden, self.gated = length, reparam_hidden, gated
 
     def expand(self, model: nn.Module | None) -> list[MethodSpec]:
+        # The model's stack goes into a new spec: this one stays reusable on a model of another family.
         if model is not None and self.targets is None:
             paths = stack_paths(model)
             if not paths:
                 raise ValueError(no_route_message(model))
-            self.targets = paths
+            return [PrefixCache(length=self.length, targets=paths, reparam_hidden=self.reparam_hidden, gated=self.gated)]
         return [self]
 
     def check(self, module: nn.Module, module_name: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hpeft.peft.core import MethodSpec, PeftLayer, find_transformers_model, raw_module, weight_options
+from hpeft.peft.core import MethodSpec, PeftLayer, find_transformers_model, logical_name, raw_module, real_path, weight_options
 
 INITS = ("random", "vocab")
 
@@ -100,15 +100,19 @@ class Prompt(MethodSpec):
         if prompt_layer is None:
             return
         # By path, not the object, so that a deep copy of the model calls its own prompt layer.
-        prompt_path = next(p for p, m in model.named_modules() if m is prompt_layer)
+        # By logical name, resolved at each call: methods applied later may wrap a module above it (the cache
+        # route's prefix wraps the decoder stack), which moves its path.
+        prompt_path = logical_name(next(p for p, m in model.named_modules() if m is prompt_layer))
         length = self.length
         pad_labels = not encoder_decoder
 
         def extend_mask_and_labels(module, args, kwargs):
             try:
-                prompt = module.get_submodule(prompt_path)
-            except AttributeError:
+                prompt = module.get_submodule(real_path(module, prompt_path))
+            except (AttributeError, KeyError):
                 prompt = None
+            while isinstance(prompt, PeftLayer) and not isinstance(prompt, PromptLayer):  # under another method's layer
+                prompt = prompt.base_layer
             if not isinstance(prompt, PromptLayer):  # removed since (peft.remove): nothing to extend
                 return args, kwargs
             # Embed here (prompt included) and pass inputs_embeds, as HF peft does: models that take the

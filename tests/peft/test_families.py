@@ -16,7 +16,7 @@ from tests.peft.test_placement import CASES  # noqa: E402
 
 ATOL = 1e-5
 ATTENTION = ["role:q", "role:v"]
-MAMBA_LINEARS = ["role:ffn_in", "role:ffn_out"]  # Mamba has no attention: its mixer's projections
+MAMBA_LINEARS = ["role:ffn_in"]  # Mamba has no attention; its mixer's other projections are read directly
 
 
 def linear_targets(name: str) -> list[str]:
@@ -96,6 +96,8 @@ def test_modules_transformers_mamba_reads_directly_are_refused_or_left_out():
     model = CASES["mamba"].make(0)
     with pytest.raises(ValueError, match=r"lora target 'dt_proj' selects .*mixer\.dt_proj.* reads directly .*never run"):
         peft.apply(model, [peft.LoRA(rank=2, targets=["dt_proj"])])
+    with pytest.raises(ValueError, match=r"lora target '\*out_proj' selects .*mixer\.out_proj.* reads directly"):
+        peft.apply(model, [peft.LoRA(rank=2, targets=["*out_proj"])])  # a wildcard that finds nothing else
     peft.apply(model, [peft.BitFit()])
     names = [n for n, _ in peft.peft_layers(model)]
     assert names and not [n for n in names if n.endswith(("conv1d", "dt_proj"))]

@@ -345,3 +345,56 @@ def test_unipelt_on_bert_trains_with_every_gate():
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.3, losses
     assert set(peft.gate_values(model)) == {"lora", "prefix_encoder", "adapter"}
+
+
+@pytest.mark.parametrize("factory", [gpt2, llama, bart], ids=["gpt2", "llama", "bart"])
+def test_a_gated_prefix_keeps_the_decoder_causal(factory):
+    """UniPELT's gate scales a prefix every position attends to: it must not depend on later tokens (the gate
+    reads the first token), so changing the last token leaves every earlier position's logits as they were, and
+    generate with a cache still computes what full forwards compute."""
+    model = peft.apply(factory(), [peft.Prefix(length=3, gated=True)])
+    with torch.no_grad():
+        for _, layer in peft.peft_layers(model):
+            layer.prefix.normal_()
+            for p in layer.gate.parameters():
+                p.normal_()  # a gate far from its start, so that a leak would show
+    ids = token_ids(batch=2, length=6)
+    changed = ids.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 100
+    seq2seq = model.config.is_encoder_decoder
+    with torch.no_grad():
+        if seq2seq:
+            a = model(input_ids=ids[:, :4], decoder_input_ids=ids).logits
+            b = model(input_ids=ids[:, :4], decoder_input_ids=changed).logits
+        else:
+            a, b = model(input_ids=ids).logits, model(input_ids=changed).logits
+    assert torch.allclose(a[:, :-1], b[:, :-1], atol=ATOL)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4,
+                         do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    steps = torch.stack(out.logits, dim=1)
+    with torch.no_grad():
+        if seq2seq:
+            full = model(input_ids=ids, decoder_input_ids=out.sequences[:, :-1]).logits
+        else:
+            full = model(input_ids=out.sequences[:, :-1]).logits[:, ids.shape[1] - 1:]
+    assert torch.allclose(steps, full, atol=1e-4)
+
+
+def test_one_spec_applies_to_models_of_two_families():
+    spec = peft.PrefixCache(length=2)
+    on_gpt2, on_llama = peft.apply(gpt2(), [spec]), peft.apply(llama(), [spec])
+    assert [n for n, _ in peft.peft_layers(on_gpt2)] == ["transformer"]
+    assert [n for n, _ in peft.peft_layers(on_llama)] == ["model"]
+    assert spec.targets is None  # resolved into the applied specs, not into this one
+
+
+@pytest.mark.parametrize("prefix_first", [True, False], ids=["prefix_first", "prompt_first"])
+def test_a_prompt_and_a_prefix_on_one_model_in_either_order(prefix_first):
+    """The prefix wraps the decoder stack: the model still finds its embeddings through it, and the prompt's hook
+    finds the prompt under it, so labels and the mask are extended by the prompt in either order."""
+    prefix, prompt = peft.Prefix(length=2), peft.Prompt(length=3, targets=["embed_tokens"])
+    model = peft.apply(llama(), [prefix, prompt] if prefix_first else [prompt, prefix])
+    inputs = padded_inputs(seq2seq=False)
+    out = model(**inputs, labels=inputs["input_ids"])
+    assert out.logits.shape[1] == 3 + inputs["input_ids"].shape[1] and torch.isfinite(out.loss)
+    assert model.get_input_embeddings() is not None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hpeft.cli import main
-from hpeft.train.device_checks import accelerator_problem, device_bf16, precision_problem
+from hpeft.train.device_checks import accelerator_problem, device_bf16, precision_problem, should_check_bf16
 from tests.conftest import tiny_config, write_config
 
 TRAINER = {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False}
@@ -14,7 +14,7 @@ TRAINER = {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary"
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "bf16"])
 def test_bf16_on_a_device_without_it_names_the_precision_and_what_works(precision):
-    message = precision_problem(precision, "CUDA device 'Tesla V100-SXM2-16GB'", bf16_supported=False)
+    message = precision_problem(precision, "CUDA device 'Tesla V100-SXM2-16GB' (compute capability 7.0)", bf16_supported=False)
     assert f"trainer.precision={precision!r}" in message and "Tesla V100" in message
     assert "'16-mixed'" in message and "'32-true'" in message
 
@@ -38,3 +38,12 @@ def test_an_accelerator_torch_cannot_see_is_named():
     else:
         assert "trainer.accelerator='cuda'" in accelerator_problem("cuda")
     assert accelerator_problem("cpu") is None and accelerator_problem("auto") is None
+
+
+def test_only_bf16_asks_the_device_and_never_before_a_fork():
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    cpu = SingleDeviceStrategy(device=torch.device("cpu"))
+    assert should_check_bf16("bf16-mixed", cpu) and not should_check_bf16("32-true", cpu)
+    assert not should_check_bf16("bf16-mixed", DDPStrategy(start_method="fork"))
+    assert should_check_bf16("bf16-true", DDPStrategy(start_method="spawn"))
