@@ -117,13 +117,17 @@ def test_generate_with_cache_equals_full_forward(factory):
     with torch.no_grad():
         for _, layer in peft.peft_layers(model):
             layer.prefix.normal_()
-    ids = token_ids(batch=2, length=5)
-    seq2seq = model.config.is_encoder_decoder
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
-                         do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
-    steps = torch.stack(out.logits, dim=1)  # [batch, new tokens, vocab], computed through the cache
+    assert_generate_equals_full_forward(model, token_ids(batch=2, length=5), new_tokens=5)
+
+
+def assert_generate_equals_full_forward(model, ids, new_tokens: int) -> None:
+    """Greedy generate's logits at every step (through the cache) equal those of full forward passes."""
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, output_logits=True,
+                         return_dict_in_generate=True)
+    steps = torch.stack(out.logits, dim=1)  # [batch, new tokens, vocab]
     with torch.no_grad():
-        if seq2seq:
+        if model.config.is_encoder_decoder:
             full = model(input_ids=ids, decoder_input_ids=out.sequences[:, :-1]).logits
         else:
             full = model(input_ids=out.sequences[:, :-1]).logits[:, ids.shape[1] - 1:]
@@ -369,15 +373,7 @@ def test_a_gated_prefix_keeps_the_decoder_causal(factory):
         else:
             a, b = model(input_ids=ids).logits, model(input_ids=changed).logits
     assert torch.allclose(a[:, :-1], b[:, :-1], atol=ATOL)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4,
-                         do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
-    steps = torch.stack(out.logits, dim=1)
-    with torch.no_grad():
-        if seq2seq:
-            full = model(input_ids=ids, decoder_input_ids=out.sequences[:, :-1]).logits
-        else:
-            full = model(input_ids=out.sequences[:, :-1]).logits[:, ids.shape[1] - 1:]
-    assert torch.allclose(steps, full, atol=1e-4)
+    assert_generate_equals_full_forward(model, ids, new_tokens=4)
 
 
 def test_one_spec_applies_to_models_of_two_families():
