@@ -151,3 +151,20 @@ def test_optuna_worker_array_shares_one_postgres_study(tmp_path, cache_dir, post
     assert len({t.user_attrs["worker"] for t in complete}) == 2  # both array tasks ran trials
     run_dirs = [t.user_attrs["run_dir"] for t in complete]
     assert len(set(run_dirs)) == len(run_dirs)  # one run per trial
+
+
+def test_wandb_agent_array_runs_up_to_the_w_and_b_server(tmp_path):
+    """sweeps/slurm/wandb_agents.sbatch, executed as far as it runs without the W&B server: every array task
+    activates the environment, reports itself and starts the real `wandb agent` on the sweep it was given, which
+    stops where it must first talk to the server (no API key here). What the agent then launches (the sweep's
+    `hpeft fit ... ${args}` through wandb_agent.Agent) runs in tests/search/test_wandb_sweeps.py."""
+    from tests.conftest import REPO
+
+    result = sbatch(["--array=0-1", str(REPO / "sweeps/slurm/wandb_agents.sbatch"), "ent/proj/sweep123", "3"], tmp_path,
+                    timeout=120, WANDB_API_KEY="", WANDB_DIR=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / "cfg"),
+                    HOME=str(tmp_path))
+    out = result.stdout + result.stderr
+    for task in (0, 1):
+        assert f"agent {task} on " in out and "sweep ent/proj/sweep123" in out
+    assert out.count("Starting wandb agent") == 2  # W&B's own agent, in each array task
+    assert result.returncode != 0 and "No API key configured" in out, out[-2000:]
