@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpeft.peft.core import LinearLike, MethodSpec, PeftLayer, is_transposed_linear, linear_dims, raw_module, require_unstacked, weight_options
+from hpeft.peft.lora import check_low_rank_args, check_rank_fits
 
 
 def out_in(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
@@ -137,20 +138,12 @@ class DoRA(MethodSpec):
             rslora: use rank-stabilised scaling alpha / sqrt(r).
             layers: adapt only modules of these layer indices.
         """
-        if rank < 1:
-            raise ValueError(f"DoRA rank={rank} must be a positive integer (valid ranks: 1..min(in, out) of each target)")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"DoRA dropout={dropout} must be in [0, 1)")
-        if alpha is not None and not alpha > 0:  # a negative alpha flips the update's sign; zero switches it off
-            raise ValueError(f"DoRA alpha={alpha} must be positive (the update is scaled by alpha / rank)")
+        check_low_rank_args("DoRA", rank, alpha, dropout)
         super().__init__(targets, layers)
         self.rank, self.alpha, self.dropout, self.rslora = rank, float(rank if alpha is None else alpha), dropout, rslora
 
     def check(self, module: nn.Module, module_name: str) -> None:
-        i, o = linear_dims(module)
-        if self.rank > min(i, o):
-            raise ValueError(f"DoRA rank={self.rank} exceeds the smaller side of {module_name} ({i}x{o}); "
-                             f"valid ranks: 1..{min(i, o)}")
+        check_rank_fits("DoRA", self.rank, module, module_name)
         if not raw_module(module).weight.is_floating_point():
             raise ValueError(f"DoRA needs {module_name}'s weight in floating point to take its norms, but it is "
                              f"{raw_module(module).weight.dtype} (quantised); use LoRA on quantised bases")

@@ -69,6 +69,22 @@ class LoRALinear(DeltaMerge, PeftLayer):
         return f"rank={self.rank}, scaling={self.scaling:g}, merged={self.merged}"
 
 
+def check_low_rank_args(method: str, rank: int, alpha: float | None, dropout: float) -> None:
+    """The hyperparameter checks LoRA and its relatives (DoRA) share: a positive rank and alpha, dropout in [0, 1)."""
+    if rank < 1:
+        raise ValueError(f"{method} rank={rank} must be a positive integer (valid ranks: 1..min(in, out) of each target)")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{method} dropout={dropout} must be in [0, 1)")
+    if alpha is not None and not alpha > 0:  # a negative alpha flips the update's sign; zero switches it off
+        raise ValueError(f"{method} alpha={alpha} must be positive (the update is scaled by alpha / rank)")
+
+
+def check_rank_fits(method: str, rank: int, module: nn.Module, module_name: str) -> None:
+    i, o = linear_dims(module)
+    if rank > min(i, o):
+        raise ValueError(f"{method} rank={rank} exceeds the smaller side of {module_name} ({i}x{o}); valid ranks: 1..{min(i, o)}")
+
+
 class LoRA(MethodSpec):
     """Low-rank adaptation of linear layers."""
 
@@ -99,15 +115,10 @@ class LoRA(MethodSpec):
             layer_ranks: rank per layer index, overriding `rank` for those layers.
             layers: adapt only modules of these layer indices.
         """
-        if rank < 1:
-            raise ValueError(f"LoRA rank={rank} must be a positive integer")
+        check_low_rank_args("LoRA", rank, alpha, dropout)
         for i, r in (layer_ranks or {}).items():
             if int(r) < 1:
                 raise ValueError(f"LoRA layer_ranks[{i}]={r} must be a positive integer")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"LoRA dropout={dropout} must be in [0, 1)")
-        if alpha is not None and not alpha > 0:  # a negative alpha flips the update's sign; zero switches it off
-            raise ValueError(f"LoRA alpha={alpha} must be positive (the update is scaled by alpha / rank)")
         super().__init__(targets, layers)
         self.rank, self.alpha, self.dropout, self.rslora = rank, float(rank if alpha is None else alpha), dropout, rslora
         self.gated = gated
@@ -117,11 +128,7 @@ class LoRA(MethodSpec):
         return (self.layer_ranks or {}).get(layer_index(module_name), self.rank)
 
     def check(self, module: nn.Module, module_name: str) -> None:
-        rank, (i, o) = self.rank_for(module_name), linear_dims(module)
-        if rank > min(i, o):
-            raise ValueError(
-                f"LoRA rank={rank} exceeds the smaller side of {module_name} ({i}x{o}); valid ranks: 1..{min(i, o)}"
-            )
+        check_rank_fits("LoRA", self.rank_for(module_name), module, module_name)
 
     def wrap(self, module: nn.Module, module_name: str) -> LoRALinear:
         # alpha stays the spec's for every layer, as with HF peft's rank_pattern: a layer given a larger rank
