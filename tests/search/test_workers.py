@@ -95,9 +95,13 @@ def _worker(cfg: Path, url: str, cwd: Path, index: int) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_killed_worker_trial_fails_by_heartbeat_is_retried_and_the_search_completes(tmp_path, cache_dir, postgres_url, pg_study):
-    base = tiny_run_config(tmp_path / "run.yaml", cache_dir, max_epochs=4)  # trials long enough to kill one mid-way
+    # The victim's runs last minutes, so it is killed mid-trial however slow the machine is (with 4-epoch runs a
+    # trial once finished in the second between being seen RUNNING and the kill). The survivor works on the same
+    # study with short runs, as a user would resume a study after fixing its base config.
+    long_base = tiny_run_config(tmp_path / "long.yaml", cache_dir, max_epochs=1000)
+    base = tiny_run_config(tmp_path / "run.yaml", cache_dir)
     cfg = search_config(tmp_path / "search.yaml", base, study=pg_study, n_trials=2)
-    victim = _worker(cfg, postgres_url, tmp_path, 0)
+    victim = _worker(search_config(tmp_path / "victim.yaml", long_base, study=pg_study, n_trials=2), postgres_url, tmp_path, 0)
     survivor = killed = None
     deadline = time.time() + 180
     while killed is None and time.time() < deadline and victim.poll() is None:
