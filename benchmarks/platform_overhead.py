@@ -19,8 +19,11 @@ forward, backward, optimizer and scheduler step, hooks, logging) from the start 
 the last step. One epoch only, so validation and checkpointing (run at the epoch's end) and the one-off
 FLOPs and latency measurements (setup / fit end) all fall outside the timed window.
 
-Each side runs in a fresh child process, interleaved AB BA AB ..., and the medians are reported.
-Child process:  python -m benchmarks.platform_overhead plain --steps N --out FILE [--out-dir DIR]
+- bare Lightning side: the plain side's model, loss, optimizer and schedule in a minimal LightningModule under a
+  Trainer with no logger, checkpoints, summary or progress bar: Lightning's own per-step cost, without hpeft.
+
+Each side runs in a fresh child process, the order rotating (HPL, PLH, LHP, ...), and the medians are reported.
+Child process:  python -m benchmarks.platform_overhead plain|lightning --steps N --out FILE [--out-dir DIR]
 """
 
 from __future__ import annotations
@@ -69,8 +72,9 @@ class StepClock(L.Callback):
     perf_counter() at the end of the last one, and writes them (with the thread count the loop ran with)
     to `out` when training ends."""
 
-    def __init__(self, out: str):
+    def __init__(self, out: str, side: str = "hpeft"):
         self.out = out
+        self.side = side
         self.starts: list[float] = []
         self.cpu_starts: list[float] = []
         self.last_end = 0.0
@@ -84,7 +88,7 @@ class StepClock(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         atomic_write_json(self.out, {
-            "side": "hpeft",
+            "side": self.side,
             "starts": self.starts,
             "cpu_starts": self.cpu_starts,
             "last_end": self.last_end,
@@ -136,8 +140,8 @@ def lr_factor(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def plain_loop(out_dir: Path, steps: int) -> dict:
-    """A hand-written training loop over the same model, data, loss, optimizer and schedule."""
+def _model_and_data(out_dir: Path):
+    """The benchmark's data module (set up for fit) and LoRA model, as the plain and bare-Lightning sides build them."""
     from hpeft import peft
     from hpeft.data import ChannelDataModule
     from hpeft.models import ChannelTransformerConfig
@@ -149,9 +153,25 @@ def plain_loop(out_dir: Path, steps: int) -> dict:
     model = ChannelTransformerConfig(**BACKBONE).build(dm.grid_shape)
     peft.apply(model, [peft.LoRA(rank=LORA_RANK, targets=LORA_TARGETS)])
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    return dm, model
+
+
+def _optimizer(params, steps: int):
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps))
+
+
+def _loss(model, batch) -> torch.Tensor:
+    estimate = model(batch["x"])
+    target = batch["h"]
+    return (estimate - target).pow(2).sum() / target.pow(2).sum()
+
+
+def plain_loop(out_dir: Path, steps: int) -> dict:
+    """A hand-written training loop over the same model, data, loss, optimizer and schedule."""
+    dm, model = _model_and_data(out_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = _optimizer(params, steps)
     loader = dm.train_dataloader()
     starts: list[float] = []
     cpu_starts: list[float] = []
@@ -161,9 +181,7 @@ def plain_loop(out_dir: Path, steps: int) -> dict:
         batch = next(batches)
         starts.append(time.perf_counter())
         cpu_starts.append(time.thread_time())
-        estimate = model(batch["x"])
-        target = batch["h"]
-        loss = (estimate - target).pow(2).sum() / target.pow(2).sum()
+        loss = _loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -179,6 +197,35 @@ def plain_loop(out_dir: Path, steps: int) -> dict:
         "trainable_params": sum(p.numel() for p in params),
         "final_loss": float(loss),
     }
+
+
+# ---------------------------------------------------------------------------------------- bare Lightning side
+# Lightning's own loop with nothing of hpeft around it: the same model, loss, optimizer and schedule in a minimal
+# LightningModule, Trainer without logger, checkpoints, summary or progress bar. It splits the gap: plain ->
+# bare Lightning is what Lightning's loop costs (any LightningCLI tool pays it), bare Lightning -> hpeft fit is
+# what hpeft adds (its CLI, callbacks, run record and W&B logger).
+
+
+class BareModule(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, steps: int):
+        super().__init__()
+        self.model, self.steps = model, steps
+
+    def training_step(self, batch, batch_idx):
+        return _loss(self.model, batch)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = _optimizer([p for p in self.model.parameters() if p.requires_grad], self.steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lightning_loop(out_dir: Path, steps: int, clock_file: Path) -> None:
+    dm, model = _model_and_data(out_dir)
+    trainer = L.Trainer(max_epochs=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir / "overhead"),
+                        callbacks=[StepClock(str(clock_file), side="lightning")])
+    trainer.fit(BareModule(model, steps), train_dataloaders=dm.train_dataloader())
 
 
 # ---------------------------------------------------------------------------------------- orchestration
@@ -232,12 +279,13 @@ def run_hpeft(out_dir: Path, steps: int, threads: int, tag: str) -> dict:
     return clock
 
 
-def run_plain(out_dir: Path, steps: int, threads: int, tag: str) -> dict:
+def run_child_side(side: str, out_dir: Path, steps: int, threads: int, tag: str) -> dict:
+    """One run of the plain or bare-Lightning side in its own process (this module's `plain`/`lightning` mode)."""
     work = out_dir / "overhead"
-    clock_file = work / f"clock_plain_{tag}.json"
+    clock_file = work / f"clock_{side}_{tag}.json"
     clock_file.unlink(missing_ok=True)
-    wall = _run_child([sys.executable, "-m", "benchmarks.platform_overhead", "plain", "--steps", str(steps),
-                       "--out", str(clock_file), "--out-dir", str(out_dir)], work / f"plain_{tag}.log", threads)
+    wall = _run_child([sys.executable, "-m", "benchmarks.platform_overhead", side, "--steps", str(steps),
+                       "--out", str(clock_file), "--out-dir", str(out_dir)], work / f"{side}_{tag}.log", threads)
     return {**json.loads(clock_file.read_text()), "process_seconds": wall}
 
 
@@ -253,27 +301,36 @@ def run(out_dir: Path = DEFAULT_OUT, quick: bool = False, repeats: int | None = 
     log(f"[overhead] data ready in {time.perf_counter() - t0:.1f} s; {repeats} interleaved repeats of {steps} steps, "
         f"{threads} threads")
     rows = []
+    sides = ("hpeft", "plain", "lightning")
     for r in range(repeats):
-        order = ("hpeft", "plain") if r % 2 == 0 else ("plain", "hpeft")
+        order = sides[r % 3:] + sides[:r % 3]  # each side runs first, second and third equally often
         pair = {"load_average_1min": os.getloadavg()[0]}
         for side in order:
-            clock = (run_hpeft if side == "hpeft" else run_plain)(out_dir, steps, threads, str(r))
+            clock = (run_hpeft(out_dir, steps, threads, str(r)) if side == "hpeft"
+                     else run_child_side(side, out_dir, steps, threads, str(r)))
             pair[side] = {**step_rate(clock), **{k: clock.get(k) for k in (
                 "trainable_params", "summary_trainable_params", "meter_train_samples_per_s", "deterministic",
                 "process_seconds", "fit_seconds")}}
         pair["ratio"] = pair["hpeft"]["steps_per_s"] / pair["plain"]["steps_per_s"]
+        pair["lightning_ratio"] = pair["lightning"]["steps_per_s"] / pair["plain"]["steps_per_s"]
+        pair["hpeft_vs_lightning"] = pair["hpeft"]["steps_per_s"] / pair["lightning"]["steps_per_s"]
         pair["cpu_ratio"] = pair["hpeft"]["cpu_steps_per_s"] / pair["plain"]["cpu_steps_per_s"]
         pair["order"] = "".join(s[0].upper() for s in order)
         log(f"[overhead] repeat {r} ({' then '.join(order)}): hpeft {pair['hpeft']['steps_per_s']:.2f} steps/s, "
-            f"plain {pair['plain']['steps_per_s']:.2f} steps/s, ratio {pair['ratio']:.3f}")
+            f"plain {pair['plain']['steps_per_s']:.2f}, bare Lightning {pair['lightning']['steps_per_s']:.2f}; "
+            f"hpeft/plain {pair['ratio']:.3f}, Lightning/plain {pair['lightning_ratio']:.3f}")
         rows.append(pair)
 
     for row in rows:
-        h, p = row["hpeft"], row["plain"]
-        if not (h["trainable_params"] == p["trainable_params"] == (h["summary_trainable_params"] or h["trainable_params"])):
-            raise RuntimeError(f"the two sides train different models: {h['trainable_params']} vs {p['trainable_params']} params")
-        if h["threads"] != p["threads"]:
-            raise RuntimeError(f"thread counts differ: hpeft {h['threads']}, plain {p['threads']}")
+        h, p, lt = row["hpeft"], row["plain"], row["lightning"]
+        if not (h["trainable_params"] == p["trainable_params"] == lt["trainable_params"]
+                == (h["summary_trainable_params"] or h["trainable_params"])):
+            raise RuntimeError(f"the sides train different models: hpeft {h['trainable_params']}, plain "
+                               f"{p['trainable_params']}, bare Lightning {lt['trainable_params']} params")
+        if not h["threads"] == p["threads"] == lt["threads"]:
+            raise RuntimeError(f"thread counts differ: hpeft {h['threads']}, plain {p['threads']}, bare Lightning {lt['threads']}")
+    from hpeft.study.stats import interval  # scipy.stats' t interval of the mean, as studies report theirs
+
     hpeft_rate = median(r["hpeft"]["steps_per_s"] for r in rows)
     plain_rate = median(r["plain"]["steps_per_s"] for r in rows)
     ratio = median(r["ratio"] for r in rows)
@@ -292,10 +349,18 @@ def run(out_dir: Path = DEFAULT_OUT, quick: bool = False, repeats: int | None = 
         "plain_steps_per_s": plain_rate,
         "ratio": ratio,
         "ratio_of_medians": hpeft_rate / plain_rate,
+        # Fresh processes of one side differ by up to +-20 % here (bare Lightning against the plain loop too), so
+        # one pair says little: the interval over the repeats is what the goal should be read against.
+        "ratio_mean_ci95": interval([r["ratio"] for r in rows]),
+        "lightning_ratio_mean_ci95": interval([r["lightning_ratio"] for r in rows]),
         "overhead_ms_per_step": 1000.0 / hpeft_rate - 1000.0 / plain_rate,
         "hpeft_median_step_ms": median(r["hpeft"]["median_step_ms"] for r in rows),
         "plain_median_step_ms": median(r["plain"]["median_step_ms"] for r in rows),
         "cpu_ratio": median(r["cpu_ratio"] for r in rows),
+        "lightning_steps_per_s": median(r["lightning"]["steps_per_s"] for r in rows),
+        "lightning_ratio": median(r["lightning_ratio"] for r in rows),
+        "hpeft_vs_lightning": median(r["hpeft_vs_lightning"] for r in rows),
+        "lightning_overhead_ms_per_step": median(1000.0 / r["lightning"]["steps_per_s"] - 1000.0 / r["plain"]["steps_per_s"] for r in rows),
         "meter_train_samples_per_s": median(r["hpeft"]["meter_train_samples_per_s"] or 0.0 for r in rows),
         "hpeft_process_seconds": median(r["hpeft"]["process_seconds"] for r in rows),
         "hpeft_fit_seconds": median(r["hpeft"]["fit_seconds"] or 0.0 for r in rows),
@@ -323,11 +388,20 @@ def table(result: dict):
     verdict = "[green]meets[/]" if result["meets_goal"] else "[red]below[/]"
     t.add_row("ratio hpeft/plain", f"{result['ratio']:.3f}",
               f"median of paired ratios; {verdict} goal >= {result['goal']}")
+    ci = result.get("ratio_mean_ci95")
+    if ci:
+        t.add_row("mean ratio, 95% CI", f"[{ci[0]:.3f}, {ci[1]:.3f}]",
+                  "Student-t over the repeats (scipy.stats): between-process spread, read the goal against it")
     t.add_row("ratio of medians", f"{result['ratio_of_medians']:.3f}", "median hpeft steps/s over median plain steps/s")
     t.add_row("overhead per step", f"{result['overhead_ms_per_step']:+.2f} ms",
               "1000/hpeft - 1000/plain (medians)")
+    lci = result.get("lightning_ratio_mean_ci95") or [float("nan")] * 2
+    t.add_row("bare Lightning / plain", f"{result['lightning_ratio']:.3f} [{lci[0]:.3f}, {lci[1]:.3f}]",
+              f"Lightning's loop alone ({result['lightning_overhead_ms_per_step']:+.2f} ms a step): the floor of any LightningCLI tool")
+    t.add_row("hpeft fit / bare Lightning", f"{result['hpeft_vs_lightning']:.3f}",
+              "what hpeft adds (CLI, callbacks, run record, W&B offline)")
     per = ", ".join(f"{r['ratio']:.3f}{r['order']}" for r in result["repeats_detail"])
-    t.add_row("paired ratios", per, "HP = hpeft ran first, PH = plain first")
+    t.add_row("paired ratios hpeft/plain", per, "letters: the order the sides ran (H hpeft, P plain, L bare Lightning)")
     t.add_row("CPU-time ratio", f"{result['cpu_ratio']:.3f}",
               "same window, main thread CPU seconds: less sensitive to other load")
     t.add_row("EfficiencyMeter samples/s", f"{result['meter_train_samples_per_s']:.0f}",
@@ -340,7 +414,8 @@ def table(result: dict):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["plain", "bench"], help="plain: one plain-loop child run; bench: the whole benchmark")
+    parser.add_argument("mode", choices=["plain", "lightning", "bench"],
+                        help="plain / lightning: one child run of that side; bench: the whole benchmark")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--out", type=str, help="plain: where the step clock goes")
     parser.add_argument("--out-dir", type=str, default=str(DEFAULT_OUT))
@@ -350,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "plain":
         atomic_write_json(args.out, plain_loop(Path(args.out_dir), args.steps))
+        return 0
+    if args.mode == "lightning":
+        lightning_loop(Path(args.out_dir), args.steps, Path(args.out))
         return 0
     from rich.console import Console
 
