@@ -117,6 +117,16 @@ def kv_shape(stack: nn.Module) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------------------------- the layer
 
 
+def _position_capacity(stack: nn.Module) -> int | None:
+    """How many positions a stack with learned absolute position embeddings can embed (GPT-2's `wpe`, BART's
+    `embed_positions`, less BART's offset of 2); None for relative or rotary positions, which have no table."""
+    for name in ("wpe", "embed_positions"):
+        table = getattr(stack, name, None)
+        if isinstance(table, nn.Embedding):
+            return table.num_embeddings - int(getattr(table, "offset", 0))
+    return None
+
+
 def _bound(module: nn.Module, args: tuple, kwargs: dict) -> dict:
     """The call's arguments by name (extra keyword arguments flattened in)."""
     sig = inspect.signature(module.forward)
@@ -140,6 +150,7 @@ class PrefixCacheLayer(TransparentLayer, FlattenedPrefix, PeftLayer):
         self.kv_width = self.kv_heads * self.head_dim
         self.cache_arg = _cache_arg(stack)
         self.encoder_decoder = bool(getattr(stack.config, "is_encoder_decoder", False))
+        self.position_capacity = _position_capacity(stack)
         weight = next(stack.parameters())
         opts = {"device": weight.device, "dtype": weight.dtype if weight.is_floating_point() else torch.float32}
         width = self.num_layers * 2 * self.kv_width
@@ -195,6 +206,15 @@ class PrefixCacheLayer(TransparentLayer, FlattenedPrefix, PeftLayer):
                 # copy of the model, call the original's gates).
                 hooks = [layer.register_forward_pre_hook(self._gate_hook(i, self_cache), with_kwargs=True)
                          for i, layer in enumerate(_layer_list(stack))]
+        end = self_cache.get_seq_length() + q_len
+        if self.position_capacity is not None and end > self.position_capacity:
+            # The tokens' positions start after the prefix (as in HF peft), so a learned position table must hold
+            # length + sequence positions; past it the model would fail with an embedding IndexError.
+            raise ValueError(
+                f"prefix tuning on {type(stack).__name__}: {self.length} prefix positions + "
+                f"{end - self.length} tokens = {end} positions, but its learned position embeddings hold "
+                f"{self.position_capacity}; give at most {self.position_capacity - self.length} tokens, or a "
+                "shorter prefix (length)")
         mask = arguments.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] == self_cache.get_seq_length() + q_len - self.length:
             arguments["attention_mask"] = torch.cat([mask.new_ones(batch, self.length), mask], dim=1)
