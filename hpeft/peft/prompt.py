@@ -42,6 +42,39 @@ class PromptLayer(PeftLayer):
         return torch.cat([self.prompt.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
 
 
+def _shift_positions(kwargs: dict, length: int, prepend: bool) -> None:
+    """Position ids and cache positions that generate computed for the tokens alone: the tokens now sit after
+    the prompt's `length` positions, and on the first call the prompt's own 0..length-1 go in front."""
+    for key in ("position_ids", "cache_position"):
+        value = kwargs.get(key)
+        if not isinstance(value, torch.Tensor):
+            continue
+        value = value + length
+        if prepend:
+            head = torch.arange(length, dtype=value.dtype, device=value.device)
+            value = torch.cat([head.expand(*value.shape[:-1], length), value], dim=-1)
+        kwargs[key] = value
+
+
+def _continue_after_prompt(prompt: PromptLayer, length: int, cached: int, args: tuple, kwargs: dict):
+    """A call with a filled key/value cache (generate's later steps): the prompt's positions are in the cache, so
+    the new tokens are embedded without it; the mask and positions still count it."""
+    input_ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
+    if isinstance(input_ids, torch.Tensor) and kwargs.get("inputs_embeds") is None:
+        kwargs["inputs_embeds"] = prompt.base_layer(input_ids)
+        if "input_ids" in kwargs:
+            kwargs["input_ids"] = None
+        else:
+            args = (None, *args[1:])
+    embeds = kwargs.get("inputs_embeds")
+    mask = kwargs.get("attention_mask")
+    # Short of the prompt when it leaves room for it; a prefix in the same cache extends it by its own length later.
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and embeds is not None and mask.shape[1] + length <= cached + embeds.shape[1]:
+        kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], length), mask], dim=1)
+    _shift_positions(kwargs, length, prepend=False)
+    return args, kwargs
+
+
 class Prompt(MethodSpec):
     """Soft prompt tuning: learned vectors in front of the input token embeddings."""
 
@@ -106,15 +139,23 @@ class Prompt(MethodSpec):
         length = self.length
         pad_labels = not encoder_decoder
 
-        def extend_mask_and_labels(module, args, kwargs):
+        def find_prompt(module) -> PromptLayer | None:
             try:
                 prompt = module.get_submodule(real_path(module, prompt_path))
             except (AttributeError, KeyError):
-                prompt = None
+                return None
             while isinstance(prompt, PeftLayer) and not isinstance(prompt, PromptLayer):  # under another method's layer
                 prompt = prompt.base_layer
-            if not isinstance(prompt, PromptLayer):  # removed since (peft.remove): nothing to extend
+            return prompt if isinstance(prompt, PromptLayer) else None  # None: removed since (peft.remove)
+
+        def extend_mask_and_labels(module, args, kwargs):
+            prompt = find_prompt(module)
+            if prompt is None:
                 return args, kwargs
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 names it `cache`
+            cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+            if cached and not encoder_decoder:
+                return _continue_after_prompt(prompt, length, cached, args, kwargs)
             # Embed here (prompt included) and pass inputs_embeds, as HF peft does: models that take the
             # sequence length from input_ids (GPT-2 reshapes its output with it, BERT slices position and
             # token-type ids with it) then see the prompt's length too. Without this GPT-2 returned wrongly
@@ -129,10 +170,24 @@ class Prompt(MethodSpec):
             mask = kwargs.get("attention_mask")
             if mask is not None and mask.dim() == 2:
                 kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], length), mask], dim=1)
+            if not encoder_decoder:  # a seq2seq model's position arguments are the decoder's, which has no prompt
+                _shift_positions(kwargs, length, prepend=True)
             labels = kwargs.get("labels")
             # Per-token labels only ([batch, seq]); a sequence classifier's labels ([batch]) stay as they are.
             if pad_labels and labels is not None and labels.dim() == 2:
                 kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], length), -100), labels], dim=1)
+            return args, kwargs
+
+        def extend_encoder_mask(encoder, args, kwargs):
+            # generate runs the encoder on its own, with input_ids and a mask the top-level hook never saw: a mask
+            # as long as the ids is one without the prompt. Through the whole model the ids arrive embedded already.
+            ids, mask = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
+            # The prompt looked up under this encoder, not by a reference kept here: a deep copy of the model runs
+            # this hook on its own encoder, and peft.remove may have taken the prompt away.
+            prompted = any(isinstance(m, PromptLayer) for m in encoder.modules())
+            if (prompted and isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor) and mask.dim() == 2
+                    and mask.shape[1] == ids.shape[1]):
+                kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], length), mask], dim=1)
             return args, kwargs
 
         # One hook per prompt path: applying a prompt again after peft.remove must not extend the mask twice.
@@ -140,6 +195,8 @@ class Prompt(MethodSpec):
         if prompt_path not in hooked:
             hooked.add(prompt_path)
             model.register_forward_pre_hook(extend_mask_and_labels, with_kwargs=True)
+            if encoder_decoder and hasattr(model, "get_encoder"):
+                model.get_encoder().register_forward_pre_hook(extend_encoder_mask, with_kwargs=True)
 
     @staticmethod
     def parameter_count(length: int, width: int) -> int:

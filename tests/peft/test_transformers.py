@@ -446,6 +446,47 @@ def test_prompt_on_t5_encoder_embed_tokens():
     assert model.shared.weight.grad is None
 
 
+@pytest.mark.parametrize("with_prefix", [False, True], ids=["prompt", "prompt+prefix"])
+@pytest.mark.parametrize("factory,target", [(gpt2, "wte"), (llama, "embed_tokens")], ids=["gpt2", "llama"])
+def test_generate_with_a_prompt_equals_full_forwards(factory, target, with_prefix):
+    """Greedy generate through the cache: the prompt goes in once (on the first call), later steps see it in the
+    cache, and each step's logits equal a full forward's over everything generated so far. Left padding, as in
+    batched generation: positions count only unmasked tokens, after the prompt's. With a prefix in the same
+    cache, each extends the mask by its own length."""
+    length, ids = 3, token_ids(length=6)
+    specs = [peft.Prompt(length=length, targets=[target])] + ([peft.Prefix(length=2)] if with_prefix else [])
+    model = peft.apply(factory(), specs)
+    with torch.no_grad():
+        for _, layer in peft.peft_layers(model):
+            for name, param in layer.named_parameters(recurse=False):
+                if name in ("prompt", "prefix"):  # away from their small init, so that a misplaced one shows
+                    param.normal_()
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                         pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    seq = out.sequences[:, :-1]
+    full_mask = torch.cat([mask, mask.new_ones(2, seq.shape[1] - ids.shape[1])], dim=1)
+    positions = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 1)  # what generate gives the model
+    with torch.no_grad():
+        full = model(input_ids=seq, attention_mask=full_mask, position_ids=positions).logits
+    torch.testing.assert_close(torch.stack(out.logits, dim=1), full[:, length + ids.shape[1] - 1:], atol=1e-5, rtol=0)
+
+
+def test_generate_with_a_t5_encoder_prompt_equals_full_forwards():
+    """generate runs T5's encoder on its own: its mask is extended there for the prompt, and padding stays hidden."""
+    model = peft.apply(t5(), [peft.Prompt(length=3, targets=["encoder.embed_tokens"])])
+    with torch.no_grad():
+        peft.peft_layers(model)[0][1].prompt.normal_()
+    ids = token_ids(length=6)
+    mask = padded_mask(ids)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                         output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, decoder_input_ids=out.sequences[:, :-1]).logits
+    torch.testing.assert_close(torch.stack(out.logits, dim=1), full, atol=1e-5, rtol=0)
+
+
 def test_prompt_on_bert_word_embeddings_with_sequence_labels():
     length = 4
     torch.manual_seed(0)
