@@ -93,6 +93,35 @@ def gemma3(seed=0):
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
+def _auto(kind: str, model_type: str, seed: int, **config) -> nn.Module:
+    """A tiny random-init model of a transformers model type, built through the Auto classes."""
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    cls = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "classify": AutoModelForSequenceClassification}[kind]
+    return cls.from_config(AutoConfig.for_model(model_type, vocab_size=VOCAB, **config)).eval()
+
+
+DECODER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "max_position_embeddings": 64}
+# The other model types the placement map lists under a family, each tested as that family: the map must
+# hold for their module names too (mT5's gated FFN, Gemma 2's extra norms, Qwen3's q/k norms).
+MORE_TYPES = {
+    "xlm_roberta": (lambda seed=0: _auto("classify", "xlm-roberta", seed, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                         pad_token_id=1, num_labels=3), "bert", "classify"),
+    "mt5": (lambda seed=0: _auto("seq2seq", "mt5", seed, d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16,
+                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1), "t5", "seq2seq"),
+    "mbart": (lambda seed=0: _auto("seq2seq", "mbart", seed, d_model=32, encoder_layers=2, decoder_layers=2,
+                                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                   decoder_ffn_dim=64, max_position_embeddings=64), "bart", "seq2seq"),
+    "mistral": (lambda seed=0: _auto("causal", "mistral", seed, **DECODER, sliding_window=16), "llama", "causal"),
+    "qwen3": (lambda seed=0: _auto("causal", "qwen3", seed, **DECODER, head_dim=16), "llama", "causal"),
+    "gemma": (lambda seed=0: _auto("causal", "gemma", seed, **DECODER, head_dim=16), "llama", "causal"),
+    "gemma2": (lambda seed=0: _auto("causal", "gemma2", seed, **DECODER, head_dim=16, sliding_window=16), "llama", "causal"),
+}
+
+
 def hf_mamba(seed=0):
     torch.manual_seed(seed)
     return MambaForCausalLM(MambaConfig(hidden_size=32, num_hidden_layers=2, vocab_size=VOCAB, state_size=4)).eval()
@@ -162,6 +191,9 @@ CASES = {
     "hpeft_mamba": Case(hpeft_mamba, "mamba", _hpeft_lm),
     "channel_transformer": Case(channel, "channel_transformer", _channel),
 }
+RUNS = {"causal": _causal, "seq2seq": _seq2seq, "classify": _classify}
+CASES.update({name: Case(make, family, RUNS[run], stacks=2 if run == "seq2seq" else 1)
+              for name, (make, family, run) in MORE_TYPES.items()})
 LAYERS = 2
 # What role:attn and role:ffn put an adapter on, per family: (the `to` module's last name parts, the `from`
 # module's for a span). BERT's FFN output is layer.N.output.dense, not attention.output.dense.
@@ -188,6 +220,11 @@ def test_every_family_of_the_map_is_tested():
     assert {case.family for case in CASES.values()} == {family.name for family in FAMILIES}
 
 
+def test_every_model_type_of_the_map_is_tested():
+    tested = {getattr(getattr(case.make(0), "config", None), "model_type", None) for case in CASES.values()}
+    assert {t for family in FAMILIES for t in family.model_types} <= tested
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_role_resolves_to_modules_of_each_layer(name):
     case = CASES[name]
@@ -198,7 +235,8 @@ def test_every_role_resolves_to_modules_of_each_layer(name):
     sublayers = LAYERS * case.stacks
     attentions = sublayers + (LAYERS if "cross_attn" in family.roles else 0)  # + the decoder's cross-attention
     expected = {"cross_attn": LAYERS, "q": attentions, "k": attentions, "v": attentions, "o": attentions,
-                "ffn_in": sublayers * (2 if family.name == "llama" else 1)}  # llama: gate_proj and up_proj
+                # gated FFNs have two input projections: llama's gate_proj and up_proj, mT5's wi_0 and wi_1
+                "ffn_in": sublayers * (2 if family.name == "llama" or name == "mt5" else 1)}
     for role in family.roles:
         if name == "mamba" and role == "ffn_out":  # transformers' Mamba hands out_proj's weight to mamba-ssm's kernel
             with pytest.raises(PlacementError, match="reads directly"):
