@@ -196,8 +196,19 @@ class PrefixCacheLayer(TransparentLayer, FlattenedPrefix, PeftLayer):
         if cache is None:
             cache = self._new_cache(stack.config)
         self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        cached = self_cache.get_seq_length()
+        end = (cached or self.length) + q_len
+        if self.position_capacity is not None and end > self.position_capacity:
+            # Checked before the cache is filled or gates hooked, so the error leaves neither behind. The tokens'
+            # positions start after the prefix (as in HF peft), so a learned position table must hold length +
+            # sequence positions; past it the model would fail with an embedding IndexError.
+            raise ValueError(
+                f"prefix tuning on {type(stack).__name__}: {self.length} prefix positions + {end - self.length} "
+                f"input positions (tokens, and a prompt's if there is one) = {end}, but its learned position "
+                f"embeddings hold {self.position_capacity}; give at most {self.position_capacity - self.length}, "
+                "or a shorter prefix (length)")
         hooks = []
-        if self_cache.get_seq_length() == 0:
+        if cached == 0:
             dtype = arguments["inputs_embeds"].dtype if arguments.get("inputs_embeds") is not None else self.prefix_vectors().dtype
             for i, (k, v) in enumerate(self.key_values(batch, dtype)):
                 self_cache.update(k, v, i)
@@ -206,15 +217,6 @@ class PrefixCacheLayer(TransparentLayer, FlattenedPrefix, PeftLayer):
                 # copy of the model, call the original's gates).
                 hooks = [layer.register_forward_pre_hook(self._gate_hook(i, self_cache), with_kwargs=True)
                          for i, layer in enumerate(_layer_list(stack))]
-        end = self_cache.get_seq_length() + q_len
-        if self.position_capacity is not None and end > self.position_capacity:
-            # The tokens' positions start after the prefix (as in HF peft), so a learned position table must hold
-            # length + sequence positions; past it the model would fail with an embedding IndexError.
-            raise ValueError(
-                f"prefix tuning on {type(stack).__name__}: {self.length} prefix positions + "
-                f"{end - self.length} tokens = {end} positions, but its learned position embeddings hold "
-                f"{self.position_capacity}; give at most {self.position_capacity - self.length} tokens, or a "
-                "shorter prefix (length)")
         mask = arguments.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] == self_cache.get_seq_length() + q_len - self.length:
             arguments["attention_mask"] = torch.cat([mask.new_ones(batch, self.length), mask], dim=1)

@@ -10,7 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hpeft.peft.core import MethodSpec, PeftLayer, find_transformers_model, logical_name, raw_module, real_path, weight_options
+from hpeft.peft.core import (
+    MethodSpec,
+    PeftLayer,
+    find_transformers_model,
+    logical_name,
+    raw_module,
+    real_path,
+    resolve_targets,
+    weight_options,
+)
 
 INITS = ("random", "vocab")
 
@@ -37,9 +46,16 @@ class PromptLayer(PeftLayer):
             else:
                 self.prompt.normal_(0.0, init_std)
 
+    @property
+    def length(self) -> int:
+        return self.prompt.shape[0]
+
+    def prepend(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The prompt in front of token embeddings [batch, seq, width]."""
+        return torch.cat([self.prompt.expand(embeds.shape[0], -1, -1).to(embeds.dtype), embeds], dim=1)
+
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        tokens = self.base_layer(*args, **kwargs)
-        return torch.cat([self.prompt.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
+        return self.prepend(self.base_layer(*args, **kwargs))
 
 
 def _shift_positions(kwargs: dict, length: int, prepend: bool) -> None:
@@ -56,9 +72,10 @@ def _shift_positions(kwargs: dict, length: int, prepend: bool) -> None:
         kwargs[key] = value
 
 
-def _continue_after_prompt(prompt: PromptLayer, length: int, cached: int, args: tuple, kwargs: dict):
+def _continue_after_prompt(prompt: PromptLayer, cached: int, args: tuple, kwargs: dict):
     """A call with a filled key/value cache (generate's later steps): the prompt's positions are in the cache, so
     the new tokens are embedded without it; the mask and positions still count it."""
+    length = prompt.length
     input_ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
     if isinstance(input_ids, torch.Tensor) and kwargs.get("inputs_embeds") is None:
         kwargs["inputs_embeds"] = prompt.base_layer(input_ids)
@@ -111,6 +128,23 @@ class Prompt(MethodSpec):
             raise ValueError(f"prompt init='vocab' needs a vocabulary (nn.Embedding), but {module_name} is "
                              f"{type(module).__name__}; use init='random'")
 
+    def expand(self, model: nn.Module) -> list[MethodSpec]:
+        # Checked on the whole model before it changes: a seq2seq model's encoder embeds with its own module (T5's
+        # encoder.embed_tokens, tied to `shared`), so a prompt on `shared` reached the encoder only through the
+        # top-level hook, and generate, which runs the encoder on its own, went without it.
+        found = find_transformers_model(model)
+        hf = found[1] if found else None
+        if hf is not None and getattr(hf.config, "is_encoder_decoder", False) and hasattr(hf, "get_encoder"):
+            own = hf.get_encoder().get_input_embeddings()
+            shared = hf.get_input_embeddings()
+            for name in resolve_targets(model, self):
+                module = raw_module(model.get_submodule(real_path(model, name)))
+                if module is shared and module is not own:
+                    encoder = next(n for n, m in model.named_modules() if m is own)
+                    raise ValueError(f"prompt target {name!r}: {type(hf).__name__}'s encoder embeds with its own "
+                                     f"module; target {encoder!r} to put the prompt in front of the encoder's input")
+        return [self]
+
     def wrap(self, module: nn.Module, module_name: str) -> PromptLayer:
         return PromptLayer(module, self.length, self.init, self.init_std)
 
@@ -136,7 +170,6 @@ class Prompt(MethodSpec):
         # By logical name, resolved at each call: methods applied later may wrap a module above it (the cache
         # route's prefix wraps the decoder stack), which moves its path.
         prompt_path = logical_name(next(p for p, m in model.named_modules() if m is prompt_layer))
-        length = self.length
         pad_labels = not encoder_decoder
 
         def find_prompt(module) -> PromptLayer | None:
@@ -152,21 +185,31 @@ class Prompt(MethodSpec):
             prompt = find_prompt(module)
             if prompt is None:
                 return args, kwargs
+            length = prompt.length  # the layer's own (a prompt applied again after remove may be another length)
             cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 names it `cache`
+            if getattr(cache, "is_compileable", False):
+                raise ValueError(f"prompt tuning with a {type(cache).__name__}: generate sizes a static cache from the "
+                                 f"tokens alone, with no room for the prompt's {length} positions; use the default "
+                                 "dynamic cache (leave cache_implementation unset)")
             cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
             if cached and not encoder_decoder:
-                return _continue_after_prompt(prompt, length, cached, args, kwargs)
+                return _continue_after_prompt(prompt, cached, args, kwargs)
             # Embed here (prompt included) and pass inputs_embeds, as HF peft does: models that take the
             # sequence length from input_ids (GPT-2 reshapes its output with it, BERT slices position and
             # token-type ids with it) then see the prompt's length too. Without this GPT-2 returned wrongly
-            # shaped logits.
+            # shaped logits. Embeddings the caller passes get the prompt in front of them.
             input_ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
-            if isinstance(input_ids, torch.Tensor) and kwargs.get("inputs_embeds") is None:
+            embeds = kwargs.get("inputs_embeds")
+            if isinstance(input_ids, torch.Tensor) and embeds is None:
                 kwargs["inputs_embeds"] = prompt(input_ids)
                 if "input_ids" in kwargs:
                     kwargs["input_ids"] = None
                 else:
                     args = (None, *args[1:])
+            elif isinstance(embeds, torch.Tensor):
+                kwargs["inputs_embeds"] = prompt.prepend(embeds)
+            elif not encoder_decoder:  # nothing to put the prompt in front of: extend nothing either
+                return args, kwargs
             mask = kwargs.get("attention_mask")
             if mask is not None and mask.dim() == 2:
                 kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], length), mask], dim=1)
@@ -184,10 +227,10 @@ class Prompt(MethodSpec):
             ids, mask = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
             # The prompt looked up under this encoder, not by a reference kept here: a deep copy of the model runs
             # this hook on its own encoder, and peft.remove may have taken the prompt away.
-            prompted = any(isinstance(m, PromptLayer) for m in encoder.modules())
-            if (prompted and isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor) and mask.dim() == 2
-                    and mask.shape[1] == ids.shape[1]):
-                kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], length), mask], dim=1)
+            prompt = next((m for m in encoder.modules() if isinstance(m, PromptLayer)), None)
+            if (prompt is not None and isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor)
+                    and mask.dim() == 2 and mask.shape[1] == ids.shape[1]):
+                kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], prompt.length), mask], dim=1)
             return args, kwargs
 
         # One hook per prompt path: applying a prompt again after peft.remove must not extend the mask twice.

@@ -399,10 +399,15 @@ def test_a_prompt_and_a_prefix_on_one_model_in_either_order(prefix_first):
 @pytest.mark.parametrize("factory", [gpt2, bart], ids=["gpt2", "bart"])
 def test_prefix_plus_tokens_beyond_learned_positions_is_a_clear_error(factory):
     """Tokens sit after the prefix's positions, so a 64-position table holds 64 - length tokens: one more is a
-    ValueError naming the counts, not the embedding's IndexError."""
-    model = peft.apply(factory(), [peft.Prefix(length=4, encoder=False, cross=False)] if factory is bart else [peft.Prefix(length=4)])
+    ValueError naming the counts, not the embedding's IndexError. The refused call leaves no gate hooks behind."""
+    spec = peft.Prefix(length=4, gated=True, **({"encoder": False, "cross": False} if factory is bart else {}))
+    model = peft.apply(factory(), [spec])
     fits, over = token_ids(length=60), token_ids(length=61)
-    extra = (lambda ids: {"decoder_input_ids": ids, "input_ids": token_ids(length=5)}) if factory is bart else (lambda ids: {"input_ids": ids})
+    extra = (lambda ids: {"decoder_input_ids": ids, "input_ids": token_ids(batch=len(ids), length=5)}) if factory is bart else (lambda ids: {"input_ids": ids})
     assert torch.isfinite(model(**extra(fits)).logits).all()
-    with pytest.raises(ValueError, match=r"4 prefix positions \+ 61 tokens = 65 positions.*hold 64; give at most 60"):
+    hooks = lambda: sum(len(m._forward_pre_hooks) for m in model.modules())  # noqa: E731
+    before = hooks()
+    with pytest.raises(ValueError, match=r"4 prefix positions \+ 61 input positions .* = 65, .*hold 64; give at most 60"):
         model(**extra(over))
+    assert hooks() == before
+    assert torch.isfinite(model(**extra(token_ids(batch=3, length=60))).logits).all()  # another batch size still runs

@@ -487,6 +487,45 @@ def test_generate_with_a_t5_encoder_prompt_equals_full_forwards():
     torch.testing.assert_close(torch.stack(out.logits, dim=1), full, atol=1e-5, rtol=0)
 
 
+def test_a_seq2seq_prompt_on_the_shared_embeddings_names_the_encoders():
+    """T5's encoder embeds with its own module (tied to `shared`): a prompt on `shared` would miss generate's
+    encoder call, so it is refused, naming the module to target."""
+    with pytest.raises(ValueError, match=r"prompt target 'shared'.*target 'encoder.embed_tokens'"):
+        peft.apply(t5(), [peft.Prompt(length=3, targets=["shared"])])
+
+
+def test_a_prompt_goes_in_front_of_embeddings_the_caller_passes():
+    model = peft.apply(llama(), [peft.Prompt(length=3, targets=["embed_tokens"])])
+    ids = token_ids()
+    mask = padded_mask(ids)
+    with torch.no_grad():
+        embeds = peft.peft_layers(model)[0][1].base_layer(ids)
+        torch.testing.assert_close(model(inputs_embeds=embeds, attention_mask=mask).logits,
+                                   model(input_ids=ids, attention_mask=mask).logits, atol=ATOL, rtol=0)
+
+
+def test_a_prompt_applied_again_with_another_length_uses_its_own():
+    """The hook outlives peft.remove (one per prompt path); it reads the length from the layer at each call."""
+    model = peft.apply(gpt2(), [peft.Prompt(length=3, targets=["wte"])])
+    peft.remove(model)
+    peft.apply(model, [peft.Prompt(length=5, targets=["wte"])])
+    fresh = peft.apply(gpt2(), [peft.Prompt(length=5, targets=["wte"])])
+    with torch.no_grad():
+        peft.peft_layers(fresh)[0][1].prompt.copy_(peft.peft_layers(model)[0][1].prompt)
+        ids = token_ids()
+        mask = padded_mask(ids)
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits,
+                                   fresh(input_ids=ids, attention_mask=mask).logits, atol=ATOL, rtol=0)
+
+
+def test_generate_with_a_prompt_and_a_static_cache_is_refused():
+    model = peft.apply(llama(), [peft.Prompt(length=3, targets=["embed_tokens"])])
+    ids = token_ids()
+    with pytest.raises(ValueError, match=r"prompt tuning with a StaticCache.*dynamic cache"):
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                       pad_token_id=0, cache_implementation="static")
+
+
 def test_prompt_on_bert_word_embeddings_with_sequence_labels():
     length = 4
     torch.manual_seed(0)
