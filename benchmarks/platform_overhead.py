@@ -353,8 +353,8 @@ def run(out_dir: Path = DEFAULT_OUT, quick: bool = False, repeats: int | None = 
         "plain_steps_per_s": plain_rate,
         "ratio": ratio,
         "ratio_of_medians": hpeft_rate / plain_rate,
-        # Fresh processes of one side differ by up to +-20 % here (bare Lightning against the plain loop too), so
-        # one pair says little: the interval over the repeats is what the goal should be read against.
+        # Fresh processes of one side differ in speed by up to a third here (bare Lightning against the plain loop
+        # too), so one pair says little: the interval over the repeats is what the goal should be read against.
         "ratio_mean_ci95": interval([r["ratio"] for r in rows]),
         "lightning_ratio_mean_ci95": interval([r["lightning_ratio"] for r in rows]),
         "overhead_ms_per_step": 1000.0 / hpeft_rate - 1000.0 / plain_rate,
