@@ -72,17 +72,24 @@ def _shift_positions(kwargs: dict, length: int, prepend: bool) -> None:
         kwargs[key] = value
 
 
-def _continue_after_prompt(prompt: PromptLayer, cached: int, args: tuple, kwargs: dict):
-    """A call with a filled key/value cache (generate's later steps): the prompt's positions are in the cache, so
-    the new tokens are embedded without it; the mask and positions still count it."""
-    length = prompt.length
+def _embed_input_ids(embed: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """Token ids given positionally or by name, and no embeddings: pass `embed(ids)` as inputs_embeds instead (in
+    kwargs, which the caller's hook returns); the args without the ids."""
     input_ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
     if isinstance(input_ids, torch.Tensor) and kwargs.get("inputs_embeds") is None:
-        kwargs["inputs_embeds"] = prompt.base_layer(input_ids)
+        kwargs["inputs_embeds"] = embed(input_ids)
         if "input_ids" in kwargs:
             kwargs["input_ids"] = None
         else:
             args = (None, *args[1:])
+    return args
+
+
+def _continue_after_prompt(prompt: PromptLayer, cached: int, args: tuple, kwargs: dict):
+    """A call with a filled key/value cache (generate's later steps): the prompt's positions are in the cache, so
+    the new tokens are embedded without it; the mask and positions still count it."""
+    length = prompt.length
+    args = _embed_input_ids(prompt.base_layer, args, kwargs)
     embeds = kwargs.get("inputs_embeds")
     mask = kwargs.get("attention_mask")
     # Short of the prompt when it leaves room for it; a prefix in the same cache extends it by its own length later.
@@ -198,18 +205,13 @@ class Prompt(MethodSpec):
             # sequence length from input_ids (GPT-2 reshapes its output with it, BERT slices position and
             # token-type ids with it) then see the prompt's length too. Without this GPT-2 returned wrongly
             # shaped logits. Embeddings the caller passes get the prompt in front of them.
-            input_ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
             embeds = kwargs.get("inputs_embeds")
-            if isinstance(input_ids, torch.Tensor) and embeds is None:
-                kwargs["inputs_embeds"] = prompt(input_ids)
-                if "input_ids" in kwargs:
-                    kwargs["input_ids"] = None
-                else:
-                    args = (None, *args[1:])
-            elif isinstance(embeds, torch.Tensor):
+            if isinstance(embeds, torch.Tensor):
                 kwargs["inputs_embeds"] = prompt.prepend(embeds)
-            elif not encoder_decoder:  # nothing to put the prompt in front of: extend nothing either
-                return args, kwargs
+            else:
+                args = _embed_input_ids(prompt, args, kwargs)
+                if kwargs.get("inputs_embeds") is None and not encoder_decoder:
+                    return args, kwargs  # nothing to put the prompt in front of: extend nothing either
             mask = kwargs.get("attention_mask")
             if mask is not None and mask.dim() == 2:
                 kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], length), mask], dim=1)
