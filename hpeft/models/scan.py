@@ -20,8 +20,8 @@ Implementations (`impl`):
   (`hpeft::selective_scan_backward`: a reverse scan of the same recurrence; the states are recomputed, not
   kept, as mamba-ssm's kernel does, so memory stays O(B D L) between forward and backward).
 - "compiled": hpeft's C++ CPU kernel (hpeft/models/csrc/selective_scan.cpp, built on first use by
-  hpeft/models/scan_compiled.py): one fused pass over time per (batch, channel), forward and backward, no
-  [L, B, D, N] tensors. Needs a C++ compiler and ninja.
+  hpeft/models/scan_compiled.py): one fused pass over time per batch element and vector of channels, forward
+  and backward, no [L, B, D, N] tensors. Needs a C++ compiler and ninja.
 - "cuda": mamba-ssm's fused kernel (`selective_scan_fn`), when mamba_ssm is installed and the tensors are on
   a GPU. "auto" takes it there, "compiled" on the CPU (or "chunked", with a one-line notice, where the kernel
   cannot be built).

@@ -4,8 +4,8 @@ version under torch's extensions folder, ~/.cache/torch_extensions, and takes ab
 then called through an autograd.Function whose backward is the kernel's own.
 
 Why a kernel of our own: the pure-PyTorch chunked scan makes [L, B, D, N] tensors and about 3 sqrt(L) Python
-steps; the kernel keeps a row's d_state states in cache and makes none, which is what reaching this CPU's
-memory bandwidth needs. torch.compile was measured as the other way (benchmarks/README.md, scan section).
+steps; the kernel keeps a task's states (d_state x one vector of channels) in cache and makes none.
+torch.compile was measured as the other way (benchmarks/README.md, scan section).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ _state: dict = {}
 
 # -march=native: the vector width of this CPU (the build is named after the CPU, so a home folder shared by
 # different machines keeps one build per kind); -fno-math-errno and the OpenMP SIMD pragmas let GCC
-# vectorise exp and the reductions over d_state; no -ffast-math, so NaN and inf keep their meaning.
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]
+# vectorise exp and log1p; -fno-trapping-math lets it turn the softplus threshold's branch into a select (without
+# it, the backward's softplus loop stayed scalar: a third of its time); no -ffast-math, so NaN and inf keep their
+# meaning and sums keep their order.
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
 
 
 def build_name() -> str:

@@ -71,6 +71,19 @@ def test_compiled_matches_the_sequential_reference_forward_and_backward(length, 
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
 
 
+@pytest.mark.parametrize("channels,length,state", [
+    (13, 150, 16),  # several blocks of steps (64 at most) and a tail group of channels (lanes of 4 or 8 per task)
+    (2, 600, 2048),  # [L, N, lanes] decays past the kernel's 32 MiB budget: the backward recomputes them per block
+])
+def test_compiled_matches_the_reference_across_blocks_groups_and_the_recomputed_decays(channels, length, state):
+    inputs = scan_inputs(batch=2, channels=channels, length=length, state=state)
+    y, g = run(inputs, "compiled", delta_softplus=True)
+    y_ref, g_ref = run(inputs, "sequential", delta_softplus=True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for name in inputs:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
+
+
 @pytest.mark.parametrize("impl", ["chunked", "compiled"])
 def test_the_hand_written_backward_passes_gradcheck(impl):
     inputs = scan_inputs(batch=2, channels=2, length=6, state=3)
