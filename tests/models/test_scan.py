@@ -74,6 +74,7 @@ def test_compiled_matches_the_sequential_reference_forward_and_backward(length, 
 @pytest.mark.parametrize("channels,length,state", [
     (13, 150, 16),  # several blocks of steps (64 at most) and a tail group of channels (lanes of 4 or 8 per task)
     (2, 600, 2048),  # [L, N, lanes] decays past the kernel's 32 MiB budget: the backward recomputes them per block
+    (3, 20, 0),  # no state at all: y = D u
 ])
 def test_compiled_matches_the_reference_across_blocks_groups_and_the_recomputed_decays(channels, length, state):
     inputs = scan_inputs(batch=2, channels=channels, length=length, state=state)

@@ -80,7 +80,8 @@ Dims dims_of(const at::Tensor& u, const at::Tensor& A) {
 
 template <typename T>
 int64_t block_steps(int64_t N) {
-  return std::clamp<int64_t>(kBlockBytes / (N * kLanes<T> * int64_t(sizeof(T))), 1, kMaxBlock);
+  return std::clamp<int64_t>(kBlockBytes / (std::max<int64_t>(N, 1) * kLanes<T> * int64_t(sizeof(T))), 1,
+                            kMaxBlock);  // d_state 0: y = D u
 }
 
 // One task: G channels [d0, d0 + valid) of batch element b, with its per-lane constants.
@@ -113,8 +114,12 @@ struct Task {
   // back, which the hardware prefetcher follows (short pieces of G rows at a time miss the cache at every block).
   void gather(const Dims& s, const T* src, T* dst) const {
     for (int g = 0; g < G; ++g) {
+      if (g >= valid) {
+        for (int64_t t = 0; t < s.L; ++t) dst[t * G + g] = T(0);
+        continue;
+      }
       const T* row = src + ((b * s.D) + d0 + g) * s.L;
-      for (int64_t t = 0; t < s.L; ++t) dst[t * G + g] = g < valid ? row[t] : T(0);
+      for (int64_t t = 0; t < s.L; ++t) dst[t * G + g] = row[t];
     }
   }
 
@@ -201,6 +206,7 @@ template <typename T>
 void lane_sum(int64_t rows, const T* P, T* dst) {
   constexpr int G = kLanes<T>;
   int64_t r = 0;
+#if defined(__clang__) || __GNUC__ >= 12  // __builtin_shufflevector: GCC 12 on; older ones take the loop below
   if constexpr (G == 8) {
     using V = Vec<T>;
     auto pairs = [](V a, V b) {  // [a0+a1, b0+b1, a2+a3, b2+b3, ...]
@@ -220,6 +226,7 @@ void lane_sum(int64_t rows, const T* P, T* dst) {
       store(dst + r, load(dst + r) + sums);
     }
   }
+#endif
   for (; r < rows; ++r) {
     T sum = P[r * G];
     for (int g = 1; g < G; ++g) sum += P[r * G + g];
