@@ -13,9 +13,9 @@
 // state n is one broadcast scalar times a vector, and the sums over states (y, and the backward's sums for du and
 // ddelta) add whole vectors: no horizontal sum at any step. (Vectors across states, the other choice, need three
 // horizontal sums per step, whose serial adds cost more than the state updates.) The one sum across lanes left,
-// dB and dC over channels, is taken once per block of steps (lane_sum). Time runs in blocks of K steps whose
-// inputs are copied into [K][G] buffers (a small transpose) and whose decays exp(dt A) are computed in one long
-// vector loop before the recurrence over them. A tail group with fewer than G channels pads its lanes with
+// dB and dC over channels, is taken once per block of steps (lane_sum). A task's inputs are copied once into
+// [L][G] buffers (a transpose of its G rows); time then runs in blocks of K steps whose decays exp(dt A) are
+// computed in one long vector loop before the recurrence over them. A tail group with fewer than G channels pads its lanes with
 // zeros (u = 0 and grad = 0 there, so those lanes add nothing to dB, dC).
 
 #include <ATen/ATen.h>
@@ -311,7 +311,7 @@ void backward_kernel(const Dims& s, const T* grad, const T* u, const T* delta, c
       Vec<T> dD = {}, dbias_v = {};
       for (int64_t k = blocks - 1; k >= 0; --k) {
         const int64_t t0 = k * K, steps = std::min(K, s.L - t0);
-        const T *ubk = ub.data() + t0 * G, *dtk = dt.data() + t0 * G, *gbk = gb.data() + t0 * G;
+        const T *ubk = ub.data() + t0 * G, *dtk = dt.data() + t0 * G;
         // This block's decays, then the step after it (a_{t+1} of the block's last step; none after the last).
         const T* dec = decays.data() + (keep ? t0 * NG : 0);
         const T* next = zeros.data();
